@@ -1,0 +1,453 @@
+"""
+VAR-style text-to-image model, NextFlow-shaped: a decoder-only transformer reads the prompt, then predicts the image
+scale by scale (next-scale prediction, Tian et al. 2024), every scale a whole grid of codebook tokens.
+
+Sequence layout (one row of the batch):
+
+    [ text tokens (left-padded) | scale 0 (h0*w0) | scale 1 (h1*w1) | ... | scale T-1 (h*w) ]
+
+The input at scale 0 is a start block (position embeddings only); the input at scale t > 0 is the accumulated
+quantized feature map `f_hat` of scales < t, area-resized to scale t's grid and projected to the hidden size (VAR's
+teacher forcing), so the model sees everything decided so far at the resolution it must refine. Attention is causal
+over text, every image token sees every text token, full inside a scale and causal across scales (block-causal).
+The output at scale t's positions predicts the tokens of scale t.
+
+Two forward paths that agree to float tolerance:
+- `forward` / `image_token_logprobs`: teacher forcing, one pass over prompt + all scales;
+- `generate`: sampling scale by scale with a KV cache, classifier-free guidance, temperature, top-k and top-p.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, GenerationConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.utils import ModelOutput
+
+from .configuration_var import VARConfig
+from .multiscale_vq import MultiScaleVQModel
+
+
+@dataclass
+class VARModelOutput(ModelOutput):
+    """
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, codebook_size)`):
+            Scores of the image head at every image position (scales concatenated, coarse to fine, row-major).
+        hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, hidden_size)`):
+            Last hidden states of the image positions.
+    """
+
+    logits: torch.FloatTensor | None = None
+    hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class VARSamplingState:
+    """
+    Everything needed to continue sampling from the scale after the last one generated: the KV cache, the accumulated
+    feature map and the tokens so far. `generate(..., num_scales=m)` returns one; `generate(state=...)` continues it.
+    `repeat_interleave(k)` makes `k` continuations of every row that share the prefix without recomputing it.
+    """
+
+    cache: DynamicCache
+    f_hat: torch.Tensor  # (B, C, H, W), the accumulated quantized features of the scales generated so far
+    text_mask: torch.Tensor  # (B', P) attention mask of the text, B' = 2B with classifier-free guidance
+    image_ids: list[torch.Tensor]  # one (B, h_t * w_t) tensor per generated scale
+    logprobs: list[torch.Tensor]  # same shapes: log-probs of the conditional policy
+    guided: bool
+
+    @property
+    def next_scale(self) -> int:
+        return len(self.image_ids)
+
+    def repeat_interleave_(self, repeats: int) -> "VARSamplingState":
+        """
+        In place: every row becomes `repeats` consecutive rows sharing its prefix (cache, features, tokens), so that
+        `generate(state=...)` samples `repeats` continuations of each prefix without recomputing it. With guidance
+        the rows are `[conditional; unconditional]`, and repeating each row in place keeps that layout.
+        """
+        self.cache.batch_repeat_interleave(repeats)
+        self.f_hat = self.f_hat.repeat_interleave(repeats, dim=0)
+        self.text_mask = self.text_mask.repeat_interleave(repeats, dim=0)
+        self.image_ids = [ids.repeat_interleave(repeats, dim=0) for ids in self.image_ids]
+        self.logprobs = [lp.repeat_interleave(repeats, dim=0) for lp in self.logprobs]
+        return self
+
+
+@dataclass
+class VARGenerationOutput(ModelOutput):
+    """
+    Args:
+        image_ids (`torch.LongTensor` of shape `(batch_size, num_generated_tokens)`):
+            The sampled tokens of every generated scale, concatenated coarse to fine, each scale row-major.
+        logprobs (`torch.FloatTensor` of shape `(batch_size, num_generated_tokens)`):
+            Log-probabilities of the sampled tokens under the conditional policy (no guidance, no top-k/top-p,
+            logits divided by the temperature): the "old" log-probs of policy-gradient training.
+        state ([`VARSamplingState`]):
+            What `generate(state=...)` needs to continue from the next scale.
+    """
+
+    image_ids: torch.LongTensor | None = None
+    logprobs: torch.FloatTensor | None = None
+    state: VARSamplingState | None = None
+
+
+class VARPreTrainedModel(PreTrainedModel):
+    config_class = VARConfig
+    config: VARConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False  # the block-causal mask is a dense 4D mask
+
+    def _init_weights(self, module):
+        # The tokenizer keeps the initialization of diffusers (its weights come from a trained checkpoint anyway).
+        if any(module is m for m in getattr(self, "vqmodel", nn.Module()).modules()):
+            return
+        super()._init_weights(module)
+
+
+class VARForImageGeneration(VARPreTrainedModel):
+    r"""
+    Text-to-image transformer with next-scale prediction over the token grids of a [`MultiScaleVQModel`].
+
+    Submodules: `model` (the text backbone built from `config.text_config`), `vqmodel` (the image tokenizer, frozen),
+    `image_embed` (codebook features -> hidden), `scale_embed`, `row_embed`, `col_embed` (which scale, and where on the
+    image: rows and columns of the finest grid, so every scale shares one 2D frame), `image_head` (hidden -> codebook
+    logits).
+    """
+
+    def __init__(self, config: VARConfig):
+        super().__init__(config)
+        self.model = AutoModel.from_config(config.text_config)
+        self.vqmodel = MultiScaleVQModel(**config.vq_config)
+        self.vqmodel.requires_grad_(False)
+        hidden_size = config.text_config.hidden_size
+        latent_h, latent_w = self.vqmodel.latent_size
+        self.image_embed = nn.Linear(self.vqmodel.config.latent_channels, hidden_size)
+        self.scale_embed = nn.Embedding(len(config.scale_schedule), hidden_size)
+        self.row_embed = nn.Embedding(latent_h, hidden_size)
+        self.col_embed = nn.Embedding(latent_w, hidden_size)
+        self.image_head = nn.Linear(hidden_size, self.vqmodel.config.codebook_size, bias=False)
+
+        # Which scale, finest-grid row and finest-grid column every image position belongs to.
+        scale_index, rows, cols = [], [], []
+        for t, (h, w) in enumerate(config.scale_schedule):
+            r = ((torch.arange(h) + 0.5) * latent_h / h).long()
+            c = ((torch.arange(w) + 0.5) * latent_w / w).long()
+            scale_index.append(torch.full((h * w,), t))
+            rows.append(r.repeat_interleave(w))
+            cols.append(c.repeat(h))
+        self.register_buffer("image_scale_index", torch.cat(scale_index), persistent=False)
+        self.register_buffer("image_row_index", torch.cat(rows), persistent=False)
+        self.register_buffer("image_col_index", torch.cat(cols), persistent=False)
+
+        self._no_split_modules = self.model._no_split_modules
+        # TRL reads and writes the pad and eos ids here. Sampling is `generate` below, not `GenerationMixin`.
+        self.generation_config = GenerationConfig(pad_token_id=config.text_config.pad_token_id)
+        self.post_init()
+
+    # ------------------------------------------------------------------ layout helpers
+
+    @property
+    def scale_schedule(self) -> list[tuple[int, int]]:
+        return self.config.scale_schedule
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.config.num_image_tokens
+
+    @property
+    def scale_token_counts(self) -> list[int]:
+        return [h * w for h, w in self.scale_schedule]
+
+    def split_scales(self, image_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Flat `(B, L)` image tokens -> one `(B, h_t, w_t)` grid per scale."""
+        grids = torch.split(image_ids, self.scale_token_counts, dim=1)
+        return [g.reshape(g.shape[0], h, w) for g, (h, w) in zip(grids, self.scale_schedule, strict=True)]
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.image_head
+
+    def _position_embeds(self, start: int, end: int) -> torch.Tensor:
+        return (
+            self.scale_embed(self.image_scale_index[start:end])
+            + self.row_embed(self.image_row_index[start:end])
+            + self.col_embed(self.image_col_index[start:end])
+        )
+
+    def _text_positions(self, text_mask: torch.Tensor) -> torch.Tensor:
+        return (text_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def _image_positions(self, text_mask: torch.Tensor, scale_index: torch.Tensor) -> torch.Tensor:
+        # One rotary position per scale: the 2D layout comes from the learned row/column embeddings, and the
+        # rotary distance then counts "how many refinement steps ago", as the sequence of scales is the time axis.
+        return text_mask.long().sum(-1, keepdim=True) + scale_index.unsqueeze(0)
+
+    def _attention_mask(
+        self, text_mask: torch.Tensor, query_blocks: torch.Tensor, key_blocks: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """
+        Dense 4D additive mask `(B, 1, q, k)`. Every position has a block id: text token i has id i, the tokens of
+        scale t have id P + t. A query sees the keys of blocks <= its own that are not padding. A padding query sees
+        itself only (its output is never used; this keeps softmax rows finite).
+        """
+        batch_size, num_text = text_mask.shape
+        key_valid = torch.ones(batch_size, key_blocks.numel(), dtype=torch.bool, device=text_mask.device)
+        key_valid[:, :num_text] = text_mask.bool()
+        allowed = (key_blocks[None, None, :] <= query_blocks[None, :, None]) & key_valid[:, None, :]
+        query_is_pad = query_blocks < num_text  # text queries only; then check the mask
+        if query_is_pad.any():
+            pad_rows = ~text_mask.bool()[:, query_blocks[query_is_pad]]  # (B, num text queries)
+            eye = query_blocks[query_is_pad, None] == key_blocks[None, :]  # the query's own key
+            allowed[:, query_is_pad] |= pad_rows[:, :, None] & eye[None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def _backbone(self, inputs_embeds, attention_mask, position_ids, cache=None):
+        # A dict of prepared masks is passed through untouched by transformers' decoder models.
+        masks = dict.fromkeys(set(self.model.config.layer_types), attention_mask)
+        return self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=masks,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
+
+    # ------------------------------------------------------------------ teacher forcing
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        image_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> VARModelOutput:
+        r"""
+        Teacher-forced pass over the prompt and all scales at once.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+                Prompt tokens, left-padded.
+            image_ids (`torch.LongTensor` of shape `(batch_size, num_image_tokens)`):
+                Image tokens of all scales, concatenated coarse to fine, each scale row-major.
+            attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
+                1 for prompt tokens, 0 for padding. Only the text part: image tokens are never padding.
+        """
+        if image_ids.shape[1] != self.num_image_tokens:
+            raise ValueError(
+                f"`image_ids` has {image_ids.shape[1]} tokens per row, but this model's scale schedule has "
+                f"{self.num_image_tokens} ({self.scale_schedule})."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch_size, num_text = input_ids.shape
+        text_embeds = self.model.get_input_embeddings()(input_ids)
+
+        # Inputs of scale 0: the start block (zero feature); of scales 1..T-1: f_hat of the scales before, resized.
+        grids = self.split_scales(image_ids)
+        with torch.no_grad():
+            features = self.vqmodel.quantizer.teacher_forcing_inputs(grids)
+        features = torch.cat([features.new_zeros(batch_size, self.scale_token_counts[0], features.shape[-1]), features], 1)
+        image_embeds = self.image_embed(features.to(self.image_embed.weight.dtype))
+        image_embeds = image_embeds + self._position_embeds(0, self.num_image_tokens)
+
+        blocks = torch.cat([torch.arange(num_text, device=input_ids.device), num_text + self.image_scale_index])
+        mask = self._attention_mask(attention_mask, blocks, blocks, text_embeds.dtype)
+        positions = torch.cat(
+            [self._text_positions(attention_mask), self._image_positions(attention_mask, self.image_scale_index)], 1
+        )
+        hidden = self._backbone(torch.cat([text_embeds, image_embeds.to(text_embeds.dtype)], 1), mask, positions)
+        hidden = hidden[:, num_text:]
+        return VARModelOutput(logits=self.image_head(hidden), hidden_states=hidden)
+
+    def image_token_logprobs(
+        self,
+        input_ids: torch.LongTensor,
+        image_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        compute_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Log-probabilities `(B, L)` of the given image tokens under the conditional policy (logits divided by
+        `temperature`), and optionally the entropy of every position's distribution, from one teacher-forced pass.
+        """
+        logits = self(input_ids=input_ids, image_ids=image_ids, attention_mask=attention_mask).logits
+        logits = logits.float() / temperature
+        log_probs = logits.log_softmax(-1)
+        token_logprobs = log_probs.gather(-1, image_ids.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1) if compute_entropy else None
+        return token_logprobs, entropy
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        num_scales: int | None = None,
+        state: VARSamplingState | None = None,
+    ) -> VARGenerationOutput:
+        r"""
+        Sample image tokens scale by scale with a KV cache.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
+                Prompt tokens, left-padded. Not needed when continuing from `state`.
+            attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
+                1 for prompt tokens, 0 for padding.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                Classifier-free guidance `s`: sampling logits are `uncond + s * (cond - uncond)`, the unconditional
+                branch reading an empty prompt. 1.0 disables guidance (and the unconditional branch).
+            guidance_schedule (`str`, *optional*, defaults to `"constant"`):
+                `"constant"` uses `guidance_scale` at every scale; `"linear"` ramps it from 1 at the first scale to
+                `guidance_scale` at the last, as VAR does (coarse scales stay diverse, fine scales follow the prompt).
+            temperature (`float`, *optional*, defaults to 1.0):
+                Divides the logits, for sampling and for the returned log-probs.
+            top_k (`int`, *optional*):
+                Keep the `top_k` most likely tokens of every position (0 or `None`: all).
+            top_p (`float`, *optional*, defaults to 1.0):
+                Nucleus sampling: keep the smallest set of tokens whose probability exceeds `top_p`.
+            generator (`torch.Generator`, *optional*):
+                Source of randomness, for reproducible samples.
+            num_scales (`int`, *optional*):
+                Stop after this many scales in total (counting those already in `state`); default: all.
+            state ([`VARSamplingState`], *optional*):
+                Continue from a previous call's `state` instead of starting from the prompt. The state is advanced in
+                place; call `state.repeat_interleave_(k)` first to branch `k` continuations off every row.
+
+        Returns:
+            [`VARGenerationOutput`] with the tokens and log-probs of the scales generated so far (including those of
+            `state`) and the state to continue from.
+        """
+        if guidance_schedule not in ("constant", "linear"):
+            raise ValueError(f"`guidance_schedule` must be 'constant' or 'linear', got {guidance_schedule!r}.")
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+        num_total = len(self.scale_schedule)
+        num_scales = num_total if num_scales is None else num_scales
+        if not 1 <= num_scales <= num_total:
+            raise ValueError(f"`num_scales` must be in [1, {num_total}], got {num_scales}.")
+
+        if state is None:
+            if input_ids is None:
+                raise ValueError("`generate` needs `input_ids` (the prompt) or a `state` to continue from.")
+            state = self._start_sampling(input_ids, attention_mask, guided=guidance_scale != 1.0)
+        elif state.guided != (guidance_scale != 1.0):
+            raise ValueError("Continue a sampling `state` with the guidance it was started with.")
+
+        text_embeds = None
+        if state.next_scale == 0:
+            text_embeds = self.model.get_input_embeddings()(input_ids)
+            if state.guided:
+                text_embeds = torch.cat([text_embeds, text_embeds])
+        batch_size = state.f_hat.shape[0]
+        offsets = [0, *torch.tensor(self.scale_token_counts).cumsum(0).tolist()]
+        num_text = state.text_mask.shape[1]
+
+        for t in range(state.next_scale, num_scales):
+            start, end = offsets[t], offsets[t + 1]
+            if t == 0:
+                features = state.f_hat.new_zeros(batch_size, end - start, state.f_hat.shape[1])
+            else:
+                features = self.vqmodel.quantizer.next_scale_input(state.f_hat, t - 1)
+            embeds = self.image_embed(features.to(self.image_embed.weight.dtype)) + self._position_embeds(start, end)
+            if state.guided:
+                embeds = torch.cat([embeds, embeds])
+            scale_blocks = torch.full((end - start,), num_text + t, device=embeds.device)
+            positions = self._image_positions(state.text_mask, self.image_scale_index[start:end])
+            if text_embeds is not None:  # first scale: prefill the prompt in the same pass
+                embeds = torch.cat([text_embeds, embeds.to(text_embeds.dtype)], 1)
+                query_blocks = torch.cat([torch.arange(num_text, device=embeds.device), scale_blocks])
+                positions = torch.cat([self._text_positions(state.text_mask), positions], 1)
+                text_embeds = None
+            else:
+                query_blocks = scale_blocks
+            key_blocks = torch.cat(
+                [torch.arange(num_text, device=embeds.device), num_text + self.image_scale_index[:end]]
+            )
+            mask = self._attention_mask(state.text_mask, query_blocks, key_blocks, embeds.dtype)
+            hidden = self._backbone(embeds, mask, positions, cache=state.cache)[:, -(end - start) :]
+            logits = self.image_head(hidden).float()
+
+            cond_logits = logits[:batch_size]
+            if state.guided:
+                scale = guidance_scale
+                if guidance_schedule == "linear":
+                    scale = 1.0 + (guidance_scale - 1.0) * t / max(num_total - 1, 1)
+                sample_logits = logits[batch_size:] + scale * (cond_logits - logits[batch_size:])
+            else:
+                sample_logits = cond_logits
+            sample_logits = _filter_logits(sample_logits / temperature, top_k, top_p)
+            probs = sample_logits.softmax(-1).reshape(-1, sample_logits.shape[-1])
+            ids = torch.multinomial(probs, 1, generator=generator).reshape(batch_size, end - start)
+            logprobs = (cond_logits / temperature).log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+            h, w = self.scale_schedule[t]
+            state.f_hat = self.vqmodel.quantizer.add_scale(state.f_hat, ids.reshape(batch_size, h, w), t)
+            state.image_ids.append(ids)
+            state.logprobs.append(logprobs)
+
+        return VARGenerationOutput(
+            image_ids=torch.cat(state.image_ids, 1), logprobs=torch.cat(state.logprobs, 1), state=state
+        )
+
+    def _start_sampling(self, input_ids, attention_mask, guided: bool) -> VARSamplingState:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_mask = attention_mask
+        if guided:  # unconditional rows: the same positions, all text masked out (the empty prompt)
+            text_mask = torch.cat([attention_mask, torch.zeros_like(attention_mask)])
+        quantizer = self.vqmodel.quantizer
+        f_hat = torch.zeros(
+            input_ids.shape[0],
+            quantizer.codebook.weight.shape[1],
+            *quantizer.latent_size,
+            device=input_ids.device,
+            dtype=quantizer.codebook.weight.dtype,
+        )
+        return VARSamplingState(
+            cache=DynamicCache(config=self.config.text_config),
+            f_hat=f_hat,
+            text_mask=text_mask,
+            image_ids=[],
+            logprobs=[],
+            guided=guided,
+        )
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_ids: torch.LongTensor) -> torch.Tensor:
+        """Flat `(B, L)` image tokens -> images `(B, 3, H, W)` in [-1, 1]."""
+        images = self.vqmodel.decode(self.split_scales(image_ids))
+        return images.clamp(-1, 1)
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
+    """Set to -inf the logits outside the top-k and outside the nucleus of mass `top_p` (always keeping the best)."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        remove[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
+    return logits
