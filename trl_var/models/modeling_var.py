@@ -20,7 +20,6 @@ Two forward paths that agree to float tolerance:
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
@@ -256,7 +255,9 @@ class VARForImageGeneration(VARPreTrainedModel):
         grids = self.split_scales(image_ids)
         with torch.no_grad():
             features = self.vqmodel.quantizer.teacher_forcing_inputs(grids)
-        features = torch.cat([features.new_zeros(batch_size, self.scale_token_counts[0], features.shape[-1]), features], 1)
+        features = torch.cat(
+            [features.new_zeros(batch_size, self.scale_token_counts[0], features.shape[-1]), features], 1
+        )
         image_embeds = self.image_embed(features.to(self.image_embed.weight.dtype))
         image_embeds = image_embeds + self._position_embeds(0, self.num_image_tokens)
 

@@ -120,7 +120,9 @@ class VARGRPOTrainer(GRPOTrainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         if sync_ref_model:
             if beta == 0.0:
-                raise ValueError("`sync_ref_model=True` needs `beta > 0`: with `beta=0.0` there is no reference model.")
+                raise ValueError(
+                    "`sync_ref_model=True` needs `beta > 0`: with `beta=0.0` there is no reference model."
+                )
             from trl.trainer.callbacks import SyncRefModelCallback
 
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
@@ -196,9 +198,13 @@ class VARGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             with self.accelerator.autocast():
-                logits = model(input_ids=text_ids[rows], image_ids=image_ids[rows], attention_mask=text_mask[rows]).logits
+                logits = model(
+                    input_ids=text_ids[rows], image_ids=image_ids[rows], attention_mask=text_mask[rows]
+                ).logits
             if compute_entropy:
-                logps, entropies = selective_log_softmax_and_entropy(logits, image_ids[rows], temperature=self.temperature)
+                logps, entropies = selective_log_softmax_and_entropy(
+                    logits, image_ids[rows], temperature=self.temperature
+                )
                 all_entropies.append(entropies)
             else:
                 logps = selective_log_softmax(logits / self.temperature, image_ids[rows])
@@ -260,4 +266,3 @@ def _check_prompts(prompts, name: str = "prompts"):
             )
         if not prompt.strip():
             raise ValueError(f"`{name}` row {i}: the prompt is empty. Every image needs a text prompt.")
-

@@ -1,0 +1,161 @@
+import pytest
+import torch
+from conftest import tiny_var_config
+from transformers import AutoConfig, AutoModel
+
+from trl_var import VARConfig, VARForImageGeneration, nextflow_7b_config
+
+
+def _prompts(tokenizer, texts=("a red square", 'the word "CAT"', "x")):
+    batch = tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_kv_cached_sampling_matches_teacher_forced_logprobs(tiny_model, char_tokenizer, guidance_scale):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    out = tiny_model.generate(
+        input_ids,
+        attention_mask,
+        guidance_scale=guidance_scale,
+        top_k=5,
+        top_p=0.9,
+        temperature=0.8,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.image_ids.shape == (3, tiny_model.num_image_tokens) == (3, 85)
+    logprobs, entropy = tiny_model.image_token_logprobs(
+        input_ids, out.image_ids, attention_mask, temperature=0.8, compute_entropy=True
+    )
+    torch.testing.assert_close(logprobs, out.logprobs, atol=1e-5, rtol=0)
+    assert entropy.shape == (3, 85) and (entropy > 0).all()
+
+
+def test_left_padding_does_not_change_logprobs(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    image_ids = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    batched, _ = tiny_model.image_token_logprobs(input_ids, image_ids, attention_mask)
+    row = 2  # the shortest prompt, the most padded row
+    alone = char_tokenizer(["x"], return_tensors="pt", add_special_tokens=False)
+    single, _ = tiny_model.image_token_logprobs(alone["input_ids"], image_ids[row : row + 1], alone["attention_mask"])
+    torch.testing.assert_close(batched[row : row + 1], single, atol=1e-5, rtol=0)
+
+
+def test_block_causality_across_scales(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    image_ids = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    offsets = [0, 1, 5, 21, 85]  # scales 1x1, 2x2, 4x4, 8x8
+    for scale in range(3):  # change one token of `scale`; the last scale has no later scale to influence
+        changed = image_ids.clone()
+        changed[:, offsets[scale]] = (changed[:, offsets[scale]] + 1) % 16
+        diff = (
+            (
+                tiny_model(input_ids, image_ids, attention_mask).logits
+                - tiny_model(input_ids, changed, attention_mask).logits
+            )
+            .abs()
+            .amax(dim=(0, 2))
+        )
+        assert diff[: offsets[scale + 1]].max() == 0, "a scale's logits must not depend on its own or later tokens"
+        assert diff[offsets[scale + 1] :].max() > 0, "later scales must see the changed token"
+
+
+def test_prompt_conditions_the_image_logits(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer, ["aaaa", "bbbb"])
+    image_ids = torch.zeros(1, 85, dtype=torch.long).repeat(2, 1)
+    logits = tiny_model(input_ids, image_ids, attention_mask).logits
+    assert (logits[0] - logits[1]).abs().max() > 1e-4
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    first = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(3)).image_ids
+    second = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(3)).image_ids
+    third = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(4)).image_ids
+    assert torch.equal(first, second) and not torch.equal(first, third)
+
+
+def test_top_k_one_is_greedy_on_the_guided_logits(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    out = tiny_model.generate(input_ids, attention_mask, top_k=1)
+    logits = tiny_model(input_ids, out.image_ids, attention_mask).logits
+    assert torch.equal(out.image_ids, logits.argmax(-1))
+
+
+def test_continuations_share_the_prefix_and_reuse_its_cache(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    prefix = tiny_model.generate(input_ids, attention_mask, num_scales=2, guidance_scale=3.0)
+    assert prefix.image_ids.shape == (3, 5)
+    state = prefix.state.repeat_interleave_(2)
+    full = tiny_model.generate(state=state, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert full.image_ids.shape == (6, 85)
+    assert torch.equal(full.image_ids[:, :5], prefix.image_ids.repeat_interleave(2, dim=0))
+    assert not torch.equal(full.image_ids[0, 5:], full.image_ids[1, 5:])  # two different continuations
+    logprobs, _ = tiny_model.image_token_logprobs(
+        input_ids.repeat_interleave(2, 0), full.image_ids, attention_mask.repeat_interleave(2, 0)
+    )
+    torch.testing.assert_close(logprobs, full.logprobs, atol=1e-5, rtol=0)
+
+
+def test_non_square_schedule(char_tokenizer):
+    config = tiny_var_config(sample_size=[16, 32], scale_schedule=((1, 2), (2, 3), (4, 8), (8, 16)))
+    model = VARForImageGeneration(config).eval()
+    input_ids, attention_mask = _prompts(char_tokenizer, ["ab"])
+    out = model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0))
+    assert out.image_ids.shape == (1, 2 + 6 + 32 + 128)
+    logprobs, _ = model.image_token_logprobs(input_ids, out.image_ids, attention_mask)
+    torch.testing.assert_close(logprobs, out.logprobs, atol=1e-5, rtol=0)
+    assert model.decode_image_tokens(out.image_ids).shape == (1, 3, 16, 32)
+
+
+def test_save_and_auto_model_round_trip(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VARConfig)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, VARForImageGeneration)
+    assert loaded.config.vq_config == tiny_model.config.vq_config
+    assert loaded.config.text_config.to_diff_dict() | {
+        "dtype": None
+    } == tiny_model.config.text_config.to_diff_dict() | {"dtype": None}
+    original, reloaded = tiny_model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    image_ids = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    tiny_model.train()
+
+    def grads():
+        tiny_model.zero_grad()
+        logprobs, _ = tiny_model.image_token_logprobs(input_ids, image_ids, attention_mask)
+        logprobs.sum().backward()
+        return tiny_model.image_head.weight.grad.clone()
+
+    plain = grads()
+    tiny_model.gradient_checkpointing_enable()
+    assert tiny_model.is_gradient_checkpointing
+    torch.testing.assert_close(grads(), plain, atol=1e-5, rtol=1e-4)
+
+
+def test_schedule_must_end_at_the_tokenizers_latent_grid():
+    with pytest.raises(ValueError, match=r"scale_schedule.*\(8, 8\)"):
+        tiny_var_config(scale_schedule=((1, 1), (2, 2), (4, 4)))
+
+
+def test_wrong_number_of_image_tokens_is_a_clear_error(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    with pytest.raises(ValueError, match="image_ids"):
+        tiny_model(input_ids, torch.zeros(3, 80, dtype=torch.long), attention_mask)
+
+
+def test_nextflow_7b_preset_builds_on_the_meta_device():
+    config = nextflow_7b_config()
+    assert config.num_image_tokens == 10_084
+    assert len(config.scale_schedule) == 18 and config.scale_schedule[11] == (16, 16)
+    with torch.device("meta"):
+        model = VARForImageGeneration(config)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 7.0e9 < num_params < 8.0e9  # Qwen2.5-7B backbone (7.07B) + image embeddings and head

@@ -1,0 +1,343 @@
+"""
+OCR reward of "VAR RL Done Right" (arXiv 2601.02256), with Tesseract standing in for the paper's PaddleOCRv5.
+
+The module has three layers: [`score_ocr`] is the paper's formula as a pure function, [`read_text`] runs one Tesseract
+call on one image, and [`OCRReward`] is the TRL reward callable that glues them together and keeps the word boxes of
+its last call for Mask Propagation.
+"""
+
+import math
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytesseract
+from PIL import Image
+
+
+# What TRL passes to reward functions besides the dataset columns (left out of error messages listing the columns).
+_TRL_REWARD_KWARGS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
+
+# Straight and curly double quotes; a span may not cross a quote of either kind.
+_QUOTED_SPAN = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d]*)[\"\u201c\u201d]")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Character Levenshtein distance (insertions, deletions and substitutions all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i]
+        for j, char_b in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def _similarity(target: str, word: str) -> float:
+    """LD(target, word) = 1 - EditDist(target, word) / max(|target|, |word|), in [0, 1]; `target` is non-empty."""
+    return 1.0 - _edit_distance(target, word) / max(len(target), len(word))
+
+
+def score_ocr(predictions: Sequence[tuple[str, float]], targets: Sequence[str], penalty: float = 0.6) -> float:
+    r"""
+    OCR reward of "VAR RL Done Right" (arXiv 2601.02256): completeness plus similarity minus a character-bag penalty.
+
+    With lower-cased target words \\(g_1..g_N\\) and predicted words \\(p_1..p_M\\) read with confidences \\(s_i\\):
+
+    - \\(LD(x, y) = 1 - \mathrm{EditDist}(x, y) / \max(|x|, |y|)\\) (character Levenshtein; the paper's
+      \\(+\epsilon\\) in the denominator guards 0/0, which cannot happen with non-empty targets, and leaving it out
+      keeps a read that shares nothing with a target at exactly 0),
+    - \\(\mathrm{Comp} = \frac{1}{N} \sum_g \mathbb{1}[g \in P] \min_{i: p_i = g} s_i\\): a target read several times
+      counts with its least confident reading,
+    - \\(\mathrm{Sim} = \frac{1}{N} \sum_g LD(g, p_{i^*(g)}) \, s_{i^*(g)}\\) with \\(i^*(g) = \arg\max_i LD(g, p_i)\\);
+      ties go to the most confident prediction, so the score does not depend on the reading order,
+    - \\(\mathrm{Pen} = \lambda \, \mathrm{BagDist}(\mathrm{concat}_i p_i, \mathrm{concat}_k g_k) / (\sum_i |p_i| +
+      \sum_k |g_k|)\\), where BagDist is the size of the symmetric difference of the two character multisets,
+
+    and the reward is \\(\mathrm{Comp} + \mathrm{Sim} - \mathrm{Pen} \in [-\lambda, 2]\\): 2 for a perfect read at
+    confidence 1, \\(-\lambda\\) when nothing is read.
+
+    Args:
+        predictions (`Sequence[tuple[str, float]]`):
+            The words read in the image, each with its confidence in [0, 1]. May be empty.
+        targets (`Sequence[str]`):
+            The ground-truth words. Must be non-empty, with non-empty words.
+        penalty (`float`, *optional*, defaults to `0.6`):
+            The weight \\(\lambda\\) of the character-bag penalty.
+
+    Returns:
+        `float`: The reward, in `[-penalty, 2]`.
+
+    Example:
+
+    ```python
+    >>> from trl_var.rewards import score_ocr
+
+    >>> score_ocr([("OPEN", 1.0), ("24H", 1.0)], ["open", "24h"])
+    2.0
+    >>> score_ocr([], ["open", "24h"])
+    -0.6
+    ```
+    """
+    if not targets or any(not word for word in targets):
+        raise ValueError(f"`targets` must be a non-empty list of non-empty words, got {targets!r}.")
+    if any(not 0.0 <= confidence <= 1.0 for _, confidence in predictions):
+        raise ValueError(f"Every confidence in `predictions` must lie in [0, 1], got {predictions!r}.")
+
+    targets = [word.lower() for word in targets]
+    predictions = [(word.lower(), confidence) for word, confidence in predictions]
+
+    completeness = 0.0
+    similarity = 0.0
+    for target in targets:
+        exact = [confidence for word, confidence in predictions if word == target]
+        if exact:
+            completeness += min(exact)
+        if predictions:
+            # max over (LD, confidence) picks the argmax of LD and breaks its ties by confidence
+            best_ld, best_confidence = max((_similarity(target, word), confidence) for word, confidence in predictions)
+            similarity += best_ld * best_confidence
+    completeness /= len(targets)
+    similarity /= len(targets)
+
+    predicted_chars = Counter("".join(word for word, _ in predictions))
+    target_chars = Counter("".join(targets))
+    bag_distance = (predicted_chars - target_chars).total() + (target_chars - predicted_chars).total()
+    # ratio first, so that "nothing read" gives exactly -penalty
+    penalty_term = penalty * (bag_distance / (predicted_chars.total() + target_chars.total()))
+
+    return completeness + similarity - penalty_term
+
+
+@dataclass(frozen=True)
+class OCRWord:
+    """
+    A word read by Tesseract.
+
+    Args:
+        text (`str`):
+            The word as read (case preserved).
+        confidence (`float`):
+            Tesseract's confidence, rescaled to [0, 1].
+        box (`tuple[int, int, int, int]`):
+            `(left, top, right, bottom)` in pixels of the original image (before the OCR upscale), right and bottom
+            exclusive as in PIL: `image.crop(word.box)` is the word.
+    """
+
+    text: str
+    confidence: float
+    box: tuple[int, int, int, int]
+
+
+_omp_lock = threading.Lock()
+_omp_users = 0
+_omp_previous: str | None = None
+
+
+@contextmanager
+def _single_threaded_tesseract() -> Iterator[None]:
+    """
+    Sets `OMP_THREAD_LIMIT=1` in `os.environ` while at least one caller is inside, then restores it.
+
+    pytesseract starts tesseract with `env=os.environ` and offers no other hook. We parallelize across images, and
+    OpenMP threads inside each tesseract only compete with the other calls (32 renders of 64x64 on 2 threads and
+    2 cores: 2.2 s with the limit, 2.6 s without). Reference counted, so that overlapping calls from several threads
+    neither undo each other nor leak the setting.
+    """
+    global _omp_users, _omp_previous
+    with _omp_lock:
+        if _omp_users == 0:
+            _omp_previous = os.environ.get("OMP_THREAD_LIMIT")
+            os.environ["OMP_THREAD_LIMIT"] = "1"
+        _omp_users += 1
+    try:
+        yield
+    finally:
+        with _omp_lock:
+            _omp_users -= 1
+            if _omp_users == 0:
+                if _omp_previous is None:
+                    del os.environ["OMP_THREAD_LIMIT"]
+                else:
+                    os.environ["OMP_THREAD_LIMIT"] = _omp_previous
+
+
+def read_text(image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str = "eng") -> list[OCRWord]:
+    """
+    Reads the words of an image with one Tesseract call.
+
+    Args:
+        image (`PIL.Image.Image`):
+            The image to read.
+        upscale (`int`, *optional*, defaults to `4`):
+            Bicubic upscaling factor applied before OCR, which Tesseract needs on small renders: 3-letter words
+            rendered at 22 px in 64x64 images read exactly 91% of the time as is, 94% at 2x, 97% at 4x.
+        psm (`int`, *optional*, defaults to `7`):
+            Tesseract page segmentation mode. 7 treats the image as a single text line, the right prior for short
+            rendered words; use 11 (sparse text) for scattered text regions.
+        lang (`str`, *optional*, defaults to `"eng"`):
+            Tesseract language(s), e.g. `"eng+deu"`.
+
+    Returns:
+        `list[OCRWord]`: The words in reading order, with boxes in pixels of `image`.
+    """
+    image = image.convert("RGB")
+    width, height = image.size
+    if upscale != 1:
+        image = image.resize((width * upscale, height * upscale), Image.Resampling.BICUBIC)
+    with _single_threaded_tesseract():
+        data = pytesseract.image_to_data(image, lang=lang, config=f"--psm {psm}", output_type=pytesseract.Output.DICT)
+
+    words = []
+    for text, conf, left, top, box_width, box_height in zip(
+        data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"]
+    ):
+        text = text.strip()
+        conf = float(conf)
+        if conf < 0 or not text:  # -1 marks the page/block/line rows, which are not words
+            continue
+        # Floor/ceil so that the box in original pixels still covers the whole word.
+        box = (
+            max(0, math.floor(left / upscale)),
+            max(0, math.floor(top / upscale)),
+            min(width, math.ceil((left + box_width) / upscale)),
+            min(height, math.ceil((top + box_height) / upscale)),
+        )
+        words.append(OCRWord(text=text, confidence=min(conf / 100.0, 1.0), box=box))
+    return words
+
+
+def extract_quoted_text(prompt: str) -> list[str]:
+    """
+    Returns the double-quoted spans of a prompt, straight (`"`) or curly (`“ ”`), in order, without empty spans.
+
+    Example:
+
+    ```python
+    >>> from trl_var.rewards import extract_quoted_text
+
+    >>> extract_quoted_text('a sign that says "OPEN" and “24H”')
+    ['OPEN', '24H']
+    ```
+    """
+    return [span.strip() for span in _QUOTED_SPAN.findall(prompt) if span.strip()]
+
+
+def check_tesseract() -> None:
+    """
+    Raises a `RuntimeError` with the install command if the `tesseract` binary cannot be found.
+    """
+    try:
+        pytesseract.get_tesseract_version()
+    except pytesseract.TesseractNotFoundError as error:
+        raise RuntimeError(
+            f"The OCR reward needs the `tesseract` binary, which was not found at "
+            f"{pytesseract.pytesseract.tesseract_cmd!r}. Install it with `apt-get install -y tesseract-ocr` "
+            f"(Debian/Ubuntu) or `conda install -c conda-forge tesseract`, or point "
+            f"`pytesseract.pytesseract.tesseract_cmd` to it."
+        ) from error
+
+
+class OCRReward:
+    """
+    OCR reward of "VAR RL Done Right" (arXiv 2601.02256) as a TRL reward function: reads each generated image with
+    Tesseract and scores it against the target words with [`score_ocr`].
+
+    Args:
+        target_column (`str` or `None`, *optional*, defaults to `None`):
+            Dataset column holding the target text of each row, as a string or a list of strings (split on whitespace
+            into words). If `None`, the targets are the double-quoted spans of the prompt (CVTG-2K style, e.g.
+            `'a sign that says "OPEN"'`).
+        penalty (`float`, *optional*, defaults to `0.6`):
+            Weight of the character-bag penalty in [`score_ocr`].
+        upscale (`int`, *optional*, defaults to `4`):
+            Bicubic upscaling factor before OCR, see [`read_text`].
+        psm (`int`, *optional*, defaults to `7`):
+            Tesseract page segmentation mode, see [`read_text`].
+        num_workers (`int` or `None`, *optional*, defaults to `None`):
+            Number of tesseract processes run at once. Defaults to `os.cpu_count()`.
+
+    Attributes:
+        last_words (`list[list[OCRWord]]`):
+            Word boxes of the last call, in image pixels, for mask propagation: one list per completion.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image, ImageDraw, ImageFont
+    >>> from trl_var.rewards import OCRReward
+
+    >>> image = Image.new("RGB", (64, 64), "white")
+    >>> font = ImageFont.truetype("DejaVuSans-Bold.ttf", 22)
+    >>> ImageDraw.Draw(image).text((32, 32), "CAT", fill="black", font=font, anchor="mm")
+    >>> reward = OCRReward()
+    >>> reward(prompts=['a sign that says "CAT"'], completions=[image])
+    [1.92]
+    >>> reward.last_words
+    [[OCRWord(text='CAT', confidence=0.96, box=(10, 24, 55, 40))]]
+    ```
+    """
+
+    def __init__(
+        self,
+        target_column: str | None = None,
+        penalty: float = 0.6,
+        upscale: int = 4,
+        psm: int = 7,
+        num_workers: int | None = None,
+    ):
+        check_tesseract()  # fail when the trainer is built, not at the first reward call
+        self.__name__ = "ocr"  # TRL names the reward in its logs after `__name__`
+        self.target_column = target_column
+        self.penalty = penalty
+        self.upscale = upscale
+        self.psm = psm
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self.last_words: list[list[OCRWord]] = []
+
+    def _targets(self, prompts: Sequence[Any], kwargs: dict[str, Any]) -> list[list[str]]:
+        if self.target_column is not None:
+            if self.target_column not in kwargs:
+                available = sorted(key for key in kwargs if key not in _TRL_REWARD_KWARGS)
+                raise ValueError(
+                    f"OCRReward(target_column={self.target_column!r}) found no column {self.target_column!r} among "
+                    f"the reward function's inputs; available columns: {available}."
+                )
+            rows = kwargs[self.target_column]
+            return [
+                (row.split() if isinstance(row, str) else [w for text in row for w in text.split()]) for row in rows
+            ]
+
+        targets = []
+        for prompt in prompts:
+            words = [word for span in extract_quoted_text(prompt) for word in span.split()]
+            if not words:
+                raise ValueError(
+                    f"OCRReward found no double-quoted text in the prompt {prompt!r}. Quote the text to render in "
+                    f'the prompt (e.g. `a sign that says "OPEN"`) or pass `target_column` naming a dataset column '
+                    f"with the target text."
+                )
+            targets.append(words)
+        return targets
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Image.Image], **kwargs) -> list[float]:
+        targets = self._targets(prompts, kwargs)
+        # Threads, not processes: each tesseract call is already its own subprocess, so threads give the same
+        # parallelism without forking a torch process or pickling images (32 renders of 64x64, 2 cores: threads
+        # 2.2 s, process pool 2.1-2.5 s warm or started per call, one at a time 4.1 s).
+        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+            self.last_words = list(
+                pool.map(lambda image: read_text(image, upscale=self.upscale, psm=self.psm), completions)
+            )
+        return [
+            score_ocr([(word.text, word.confidence) for word in words], target_words, penalty=self.penalty)
+            for words, target_words in zip(self.last_words, targets, strict=True)
+        ]
