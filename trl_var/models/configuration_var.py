@@ -1,7 +1,11 @@
 """VAR (next-scale prediction) text-to-image model configuration."""
 
+import inspect
+
 from transformers import PreTrainedConfig
 from transformers.models.auto import CONFIG_MAPPING, AutoConfig
+
+from .multiscale_vq import MultiScaleVQModel, check_scale_schedule
 
 
 # The 18-scale schedule of NextFlow at 1024x1024 (VAE stride 16, so a 64x64 latent grid): 10,084 tokens per image.
@@ -54,54 +58,40 @@ class VARConfig(PreTrainedConfig):
         elif text_config is None:
             text_config = CONFIG_MAPPING["qwen2"]()
         self.text_config = text_config
-        self.vq_config = _normalize_vq_config(vq_config or {})
+        self.vq_config = _full_vq_config(vq_config or {})
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
-        self._check_scale_schedule()
+        check_scale_schedule(
+            self.vq_config["scale_schedule"], self.vq_config["sample_size"], self.vq_config["block_out_channels"]
+        )
 
     @property
     def scale_schedule(self) -> list[tuple[int, int]]:
         """The `(height, width)` token grid of every scale, coarse to fine."""
-        from .multiscale_vq import MultiScaleVQModel
-
-        schedule = self.vq_config.get("scale_schedule")
-        if schedule is None:
-            schedule = _init_default(MultiScaleVQModel, "scale_schedule")
-        return [tuple(shape) for shape in schedule]
+        return [tuple(shape) for shape in self.vq_config["scale_schedule"]]
 
     @property
     def num_image_tokens(self) -> int:
         """Number of image tokens of one image, all scales together."""
         return sum(h * w for h, w in self.scale_schedule)
 
-    def _check_scale_schedule(self):
-        from .multiscale_vq import MultiScaleVQModel, latent_grid_size
 
-        def setting(name):
-            return self.vq_config.get(name, _init_default(MultiScaleVQModel, name))
+def _full_vq_config(vq_config: dict) -> dict:
+    """The tokenizer's defaults, updated with `vq_config`, as JSON types (lists, not tuples), so that the saved
+    config.json spells out every setting and a reloaded config compares equal."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(MultiScaleVQModel.__init__).parameters.items()
+        if name != "self"
+    }
+    unknown = sorted(set(vq_config) - set(defaults) - {"_class_name", "_diffusers_version", "_use_default_values"})
+    if unknown:
+        raise ValueError(f"`vq_config` has unknown keys {unknown}; valid keys: {sorted(defaults)}.")
 
-        latent = latent_grid_size(setting("sample_size"), setting("block_out_channels"))
-        schedule = self.scale_schedule
-        if not schedule or schedule[-1] != latent:
-            raise ValueError(
-                f"`vq_config['scale_schedule']` ends with {schedule[-1] if schedule else None}, but the tokenizer's "
-                f"latent grid is {latent} (sample_size={setting('sample_size')}, "
-                f"{len(setting('block_out_channels'))} blocks). Make the last scale {latent}."
-            )
-
-
-def _normalize_vq_config(vq_config: dict) -> dict:
-    # JSON has no tuples: store lists so that a saved and reloaded config compares equal to the original.
     def to_lists(value):
         return [to_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    return {key: to_lists(value) for key, value in dict(vq_config).items()}
-
-
-def _init_default(cls, name):
-    import inspect
-
-    return inspect.signature(cls.__init__).parameters[name].default
+    return {name: to_lists(vq_config.get(name, default)) for name, default in defaults.items()}
 
 
 def nextflow_7b_config(**vq_overrides) -> VARConfig:

@@ -36,6 +36,8 @@ class VARGRPOConfig(GRPOConfig):
 
         num_generations (`int`, *optional*, defaults to `16`):
             Group size: images per prompt. The paper uses 16.
+        per_device_train_batch_size (`int`, *optional*, defaults to `16`):
+            Images per device per step, so that the default generation batch holds whole groups of 16.
         learning_rate (`float`, *optional*, defaults to `1e-5`):
             AdamW learning rate of the paper (with `adam_beta2=0.95` and `weight_decay=0.05`).
         bf16 (`bool`, *optional*):
@@ -76,6 +78,10 @@ class VARGRPOConfig(GRPOConfig):
         default=16,
         metadata={"help": "Group size: images sampled per prompt. The paper uses 16."},
     )
+    per_device_train_batch_size: int = field(
+        default=16,
+        metadata={"help": "Images per device per step; with the defaults, one full group of `num_generations`."},
+    )
     learning_rate: float = field(
         default=1e-5,
         metadata={"help": "The initial learning rate for AdamW (paper: 1e-5)."},
@@ -93,6 +99,11 @@ class VARGRPOConfig(GRPOConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(
+                f"`num_generations` is {self.num_generations}, but GRPO normalizes each image's reward against the "
+                "other images of its prompt, so it needs at least 2 (the paper uses 16)."
+            )
         super().__post_init__()
         if self.guidance_schedule not in ("constant", "linear"):
             raise ValueError(f"`guidance_schedule` must be 'constant' or 'linear', got {self.guidance_schedule!r}.")
