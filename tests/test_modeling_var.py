@@ -121,6 +121,9 @@ def test_save_and_auto_model_round_trip(tiny_model, tmp_path):
     original, reloaded = tiny_model.state_dict(), loaded.state_dict()
     assert original.keys() == reloaded.keys()
     assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    # non-persistent buffers (the image token layout) are rebuilt, not left uninitialized
+    reloaded_buffers = dict(loaded.named_buffers())
+    assert all(torch.equal(buffer, reloaded_buffers[name]) for name, buffer in tiny_model.named_buffers())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, char_tokenizer):

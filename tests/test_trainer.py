@@ -57,7 +57,13 @@ def test_overridden_trl_signatures_are_unchanged():
     assert list(inspect.signature(GRPOTrainer._generate).parameters) == ["self", "prompts"]
     params = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
     assert params[:7] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy"
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
     ]
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "= self._generate(prompts)" in source
@@ -73,7 +79,9 @@ def test_train_changes_parameters_and_logs_rewards_and_losses(tmp_path, char_tok
     trainer.train()
     changed = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
     assert set(changed) == set(before), f"unchanged: {set(before) - set(changed)}"
-    assert all(torch.equal(p, q) for p, q in zip(model.vqmodel.parameters(), _model(char_tokenizer).vqmodel.parameters()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.vqmodel.parameters(), _model(char_tokenizer).vqmodel.parameters())
+    )
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 4
     assert all(np.isfinite(entry["loss"]) and 0 < entry["reward"] < 1 for entry in logs)
@@ -90,8 +98,11 @@ def test_reward_functions_receive_pil_images_prompts_and_dataset_columns(tmp_pat
         return [0.0] * len(prompts)
 
     trainer = VARGRPOTrainer(
-        _model(char_tokenizer), [spy, brightness], args=_args(tmp_path, max_steps=1, reward_weights=[1.0, 2.0]),
-        train_dataset=_dataset(), processing_class=char_tokenizer,
+        _model(char_tokenizer),
+        [spy, brightness],
+        args=_args(tmp_path, max_steps=1, reward_weights=[1.0, 2.0]),
+        train_dataset=_dataset(),
+        processing_class=char_tokenizer,
     )
     trainer.train()
     assert len(seen["completions"]) == 8
@@ -148,8 +159,14 @@ def test_checkpoint_resume_and_saved_model_loads(tmp_path, char_tokenizer):
 
 @pytest.mark.slow
 def test_grpo_raises_a_simple_image_reward(tmp_path, char_tokenizer):
-    args = _args(tmp_path, max_steps=40, num_generations=8, per_device_train_batch_size=16, logging_steps=5,
-                 log_completions=False)
+    args = _args(
+        tmp_path,
+        max_steps=40,
+        num_generations=8,
+        per_device_train_batch_size=16,
+        logging_steps=5,
+        log_completions=False,
+    )
     trainer = VARGRPOTrainer(
         _model(char_tokenizer), brightness, args=args, train_dataset=_dataset(64), processing_class=char_tokenizer
     )
@@ -162,22 +179,37 @@ def test_grpo_raises_a_simple_image_reward(tmp_path, char_tokenizer):
 def test_dataset_without_prompt_column_is_a_clear_error(tmp_path, char_tokenizer):
     dataset = Dataset.from_dict({"caption": ["a cat"] * 8})
     with pytest.raises(ValueError, match=r"`train_dataset` has no 'prompt' column.*caption"):
-        VARGRPOTrainer(_model(char_tokenizer), brightness, args=_args(tmp_path), train_dataset=dataset,
-                       processing_class=char_tokenizer)
+        VARGRPOTrainer(
+            _model(char_tokenizer),
+            brightness,
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=char_tokenizer,
+        )
 
 
 def test_empty_prompt_is_a_clear_error(tmp_path, char_tokenizer):
     dataset = Dataset.from_dict({"prompt": ["a cat", "  ", "a dog", "x"] * 2})
     with pytest.raises(ValueError, match=r"`train_dataset` row 1: the prompt is empty"):
-        VARGRPOTrainer(_model(char_tokenizer), brightness, args=_args(tmp_path), train_dataset=dataset,
-                       processing_class=char_tokenizer)
+        VARGRPOTrainer(
+            _model(char_tokenizer),
+            brightness,
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=char_tokenizer,
+        )
 
 
 def test_conversational_prompts_are_a_clear_error(tmp_path, char_tokenizer):
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "a cat"}]] * 8})
     with pytest.raises(ValueError, match="plain-text prompts"):
-        VARGRPOTrainer(_model(char_tokenizer), brightness, args=_args(tmp_path), train_dataset=dataset,
-                       processing_class=char_tokenizer)
+        VARGRPOTrainer(
+            _model(char_tokenizer),
+            brightness,
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=char_tokenizer,
+        )
 
 
 def test_num_generations_below_two_is_a_clear_error(tmp_path):

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
 from .configuration_var import VARConfig
-from .multiscale_vq import MultiScaleVQModel
+from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
 
 
 @dataclass
@@ -103,10 +104,15 @@ class VARPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # the block-causal mask is a dense 4D mask
 
     def _init_weights(self, module):
-        # The tokenizer keeps the initialization of diffusers (its weights come from a trained checkpoint anyway).
-        if any(module is m for m in getattr(self, "vqmodel", nn.Module()).modules()):
-            return
-        super()._init_weights(module)
+        if isinstance(module, VARForImageGeneration):
+            # Non-persistent buffers are not in the checkpoint: rebuild them whenever weights are initialized or loaded.
+            for buffer, value in zip(module._image_layout_buffers(), _image_token_layout(module.config), strict=True):
+                init.copy_(buffer, value)
+        elif isinstance(module, MultiScaleQuantizer):
+            init.zeros_(module.code_usage)
+        # The tokenizer keeps the initialization of diffusers: its weights come from a trained checkpoint anyway.
+        if isinstance(module, VARForImageGeneration) or not _is_part_of(module, getattr(self, "vqmodel", None)):
+            super()._init_weights(module)
 
 
 class VARForImageGeneration(VARPreTrainedModel):
@@ -133,16 +139,10 @@ class VARForImageGeneration(VARPreTrainedModel):
         self.image_head = nn.Linear(hidden_size, self.vqmodel.config.codebook_size, bias=False)
 
         # Which scale, finest-grid row and finest-grid column every image position belongs to.
-        scale_index, rows, cols = [], [], []
-        for t, (h, w) in enumerate(config.scale_schedule):
-            r = ((torch.arange(h) + 0.5) * latent_h / h).long()
-            c = ((torch.arange(w) + 0.5) * latent_w / w).long()
-            scale_index.append(torch.full((h * w,), t))
-            rows.append(r.repeat_interleave(w))
-            cols.append(c.repeat(h))
-        self.register_buffer("image_scale_index", torch.cat(scale_index), persistent=False)
-        self.register_buffer("image_row_index", torch.cat(rows), persistent=False)
-        self.register_buffer("image_col_index", torch.cat(cols), persistent=False)
+        scale_index, rows, cols = _image_token_layout(config)
+        self.register_buffer("image_scale_index", scale_index, persistent=False)
+        self.register_buffer("image_row_index", rows, persistent=False)
+        self.register_buffer("image_col_index", cols, persistent=False)
 
         self._no_split_modules = self.model._no_split_modules
         # TRL reads and writes the pad and eos ids here. Sampling is `generate` below, not `GenerationMixin`.
@@ -150,6 +150,9 @@ class VARForImageGeneration(VARPreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------ layout helpers
+
+    def _image_layout_buffers(self):
+        return self.image_scale_index, self.image_row_index, self.image_col_index
 
     @property
     def scale_schedule(self) -> list[tuple[int, int]]:
@@ -438,6 +441,21 @@ class VARForImageGeneration(VARPreTrainedModel):
         """Flat `(B, L)` image tokens -> images `(B, 3, H, W)` in [-1, 1]."""
         images = self.vqmodel.decode(self.split_scales(image_ids))
         return images.clamp(-1, 1)
+
+
+def _image_token_layout(config: VARConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale index, finest-grid row and finest-grid column of every image position (cell centres, row-major)."""
+    latent_h, latent_w = config.scale_schedule[-1]
+    scale_index, rows, cols = [], [], []
+    for t, (h, w) in enumerate(config.scale_schedule):
+        scale_index.append(torch.full((h * w,), t))
+        rows.append(((torch.arange(h) + 0.5) * latent_h / h).long().repeat_interleave(w))
+        cols.append(((torch.arange(w) + 0.5) * latent_w / w).long().repeat(h))
+    return torch.cat(scale_index), torch.cat(rows), torch.cat(cols)
+
+
+def _is_part_of(module: nn.Module, parent: nn.Module | None) -> bool:
+    return parent is not None and any(module is child for child in parent.modules())
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:

@@ -1,0 +1,64 @@
+import os
+import subprocess
+import sys
+
+import PIL.Image
+from transformers import AutoModel
+
+import trl_var
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_recipe_help_lists_the_script_and_method_options(tmp_path):
+    result = _run([sys.executable, "recipes/train_text_render.py", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("--model_name_or_path", "--dataset_name", "--guidance_scale", "--num_generations", "--config"):
+        assert option in result.stdout
+
+
+def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
+    output_dir = tmp_path / "run"
+    command = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        "recipes/accelerate_configs/cpu.yaml",
+        "recipes/train_text_render.py",
+        "--config",
+        "recipes/configs/text_render_tiny.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--num_sample_prompts",
+        "2",
+        "--num_prompts",
+        "8",
+    ]
+    result = _run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Mean OCR reward of the sample prompts" in result.stdout
+    assert (output_dir / "checkpoint-2" / "model.safetensors").exists()
+    model = AutoModel.from_pretrained(output_dir)
+    assert isinstance(model, trl_var.VARForImageGeneration) and model.num_image_tokens == 130
+    grid = PIL.Image.open(output_dir / "before_after.png")
+    assert grid.size[0] == 2 * 160  # two sample prompts per row: before, then after
+
+    # Started again with a higher step budget, it resumes from checkpoint-2 instead of starting over.
+    result = _run(
+        [*command[:-8], "--max_steps", "3", "--save_steps", "1", "--num_sample_prompts", "2", "--num_prompts", "8"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stderr and "checkpoint-2" in result.stderr
+    assert (output_dir / "checkpoint-3").exists()
