@@ -13,7 +13,7 @@ from .models import (
     build_char_tokenizer,
     nextflow_7b_config,
 )
-from .trainer import VARGRPOConfig, VARGRPOTrainer
+from .trainer import VARGRPOConfig, VARGRPOTrainer, panw_weights, propagate_mask, soft_value
 
 
 __all__ = [
@@ -25,5 +25,8 @@ __all__ = [
     "VARPipeline",
     "build_char_tokenizer",
     "nextflow_7b_config",
+    "panw_weights",
+    "propagate_mask",
     "rewards",
+    "soft_value",
 ]

@@ -32,6 +32,44 @@ class VARGRPOConfig(GRPOConfig):
         top_p (`float`, *optional*, defaults to `0.9`):
             Nucleus filtering of the rollouts. The paper samples with top-p 0.9.
 
+        > Parameters of Value as Middle Return (VMR)
+
+        vmr_prefix_scales (`int`, *optional*):
+            `m`, the number of prefix scales: the horizon is split after scale `m`, the prefix is trained on the soft
+            value of the middle state, the suffix on the terminal reward. `None` (default) follows the paper's rule:
+            the scales that make a quarter-side image ("m256" of a 1024x1024 schedule: 12 of NextFlow's 18 scales;
+            "m128" would be 8, "m512" 16). `0` turns VMR off (plain GRPO over whole images). Otherwise in
+            `[1, number of scales - 1]`.
+        vmr_num_continuations (`int`, *optional*, defaults to `2`):
+            `K`, continuations sampled from every prefix to estimate its value (paper: 2; 1 and 4 were worse).
+        vmr_eta (`float`, *optional*, defaults to `1.0`):
+            Temperature of the soft value `eta * log(mean(exp(R_k / eta)))`: small tends to the max of the `K`
+            rewards, large to their mean.
+        vmr_prefix_updates (`int`, *optional*, defaults to `3`):
+            Prefix updates per cycle of the alternation, counted in optimizer updates.
+        vmr_suffix_updates (`int`, *optional*, defaults to `1`):
+            Suffix updates per cycle (the paper's fine-grained 3:1 beat a coarse 300:100).
+        vmr_suffix_grouping (`str`, *optional*, defaults to `"shared_prefix"`):
+            Groups of a suffix update: `"shared_prefix"`, the `num_generations` images of a prompt continue one
+            shared prefix (they start from the same middle state, the state of the suffix problem), or
+            `"independent"`, every image has its own prefix.
+
+        > Parameters of Per-Action Normalization Weighting (PANW)
+
+        panw_alpha (`float`, *optional*, defaults to `0.6`):
+            Every token of scale `t` is weighted by `k_t = (h_t * w_t) ** (-alpha)` in the loss (policy and KL
+            terms), with step-level normalization `sum_t k_t sum_ij m_tij l_tij / sum_t k_t sum_ij m_tij`. `0` gives
+            plain token-mean GRPO, `1` the same total weight to every scale; the paper recommends 0.6 - 0.8.
+
+        > Parameters of Mask Propagation (MP)
+
+        mask_propagation (`bool`, *optional*, defaults to `True`):
+            Gate the per-token loss with the reward-relevant regions: reward functions that expose `last_regions`
+            (the OCR reward's word boxes) give a mask on the finest token grid, propagated to coarser scales (a cell
+            is on iff a finer cell under it is on). An image where no region was found is not gated.
+        mask_dilation (`int`, *optional*, defaults to `0`):
+            Grow the finest-grid mask by this many cells in every direction before propagating it.
+
         > Defaults that differ from [`~trl.GRPOConfig`]
 
         num_generations (`int`, *optional*, defaults to `16`):
@@ -74,6 +112,38 @@ class VARGRPOConfig(GRPOConfig):
         default=0.9,
         metadata={"help": "Nucleus (top-p) filtering of the rollouts. The paper samples with top-p 0.9."},
     )
+    vmr_prefix_scales: int | None = field(
+        default=None,
+        metadata={
+            "help": "VMR split m (number of prefix scales). None: the paper's rule, the scales of a quarter-side "
+            "image (m256 of 1024: 12 of NextFlow's 18 scales). 0: VMR off (plain GRPO)."
+        },
+    )
+    vmr_num_continuations: int = field(
+        default=2, metadata={"help": "VMR: continuations K sampled from every prefix to estimate its soft value."}
+    )
+    vmr_eta: float = field(default=1.0, metadata={"help": "VMR: temperature eta of the soft value."})
+    vmr_prefix_updates: int = field(
+        default=3, metadata={"help": "VMR: prefix updates per cycle of the alternation (optimizer updates)."}
+    )
+    vmr_suffix_updates: int = field(default=1, metadata={"help": "VMR: suffix updates per cycle."})
+    vmr_suffix_grouping: str = field(
+        default="shared_prefix",
+        metadata={
+            "help": "VMR: groups of a suffix update continue one shared prefix per prompt ('shared_prefix') or have "
+            "independent prefixes ('independent').",
+            "choices": ["shared_prefix", "independent"],
+        },
+    )
+    panw_alpha: float = field(
+        default=0.6,
+        metadata={"help": "PANW: scale t's tokens weigh (h_t * w_t) ** -alpha. 0: plain token mean; paper: 0.6."},
+    )
+    mask_propagation: bool = field(
+        default=True,
+        metadata={"help": "MP: gate the loss with the reward regions (OCR boxes), propagated fine to coarse."},
+    )
+    mask_dilation: int = field(default=0, metadata={"help": "MP: grow the finest-grid mask by this many cells."})
     num_generations: int | None = field(
         default=16,
         metadata={"help": "Group size: images sampled per prompt. The paper uses 16."},
@@ -113,3 +183,27 @@ class VARGRPOConfig(GRPOConfig):
             raise ValueError(f"`top_k` must be >= 0 (0 disables top-k filtering), got {self.top_k}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.vmr_prefix_scales is not None and self.vmr_prefix_scales < 0:
+            raise ValueError(
+                f"`vmr_prefix_scales` must be >= 0 (0 turns VMR off, None follows the paper), got "
+                f"{self.vmr_prefix_scales}."
+            )
+        if self.vmr_num_continuations < 1:
+            raise ValueError(f"`vmr_num_continuations` (K) must be >= 1, got {self.vmr_num_continuations}.")
+        if self.vmr_eta <= 0:
+            raise ValueError(f"`vmr_eta` must be > 0, got {self.vmr_eta}.")
+        if self.vmr_prefix_updates < 0 or self.vmr_suffix_updates < 0 or not (
+            self.vmr_prefix_updates or self.vmr_suffix_updates
+        ):
+            raise ValueError(
+                f"`vmr_prefix_updates` ({self.vmr_prefix_updates}) and `vmr_suffix_updates` "
+                f"({self.vmr_suffix_updates}) must be >= 0 and not both 0."
+            )
+        if self.vmr_suffix_grouping not in ("shared_prefix", "independent"):
+            raise ValueError(
+                f"`vmr_suffix_grouping` must be 'shared_prefix' or 'independent', got {self.vmr_suffix_grouping!r}."
+            )
+        if self.panw_alpha < 0:
+            raise ValueError(f"`panw_alpha` must be >= 0 (0 turns PANW off), got {self.panw_alpha}.")
+        if self.mask_dilation < 0:
+            raise ValueError(f"`mask_dilation` must be >= 0, got {self.mask_dilation}.")
