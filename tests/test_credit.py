@@ -26,6 +26,12 @@ def test_soft_value_limits_and_batch_shape():
         soft_value(rewards, eta=0.0)
 
 
+def test_soft_value_leaves_out_unscored_continuations():
+    nan = float("nan")
+    values = soft_value(torch.tensor([[0.0, nan], [nan, nan], [0.0, 2.0]]), eta=1.0)
+    assert values[0].item() == 0.0 and values[1].isnan() and values[2].item() == pytest.approx(1.4338, abs=1e-4)
+
+
 def test_panw_weights():
     shapes = [(1, 1), (2, 2), (4, 4), (8, 8)]
     assert panw_weights(shapes, 0.0).tolist() == [1.0, 1.0, 1.0, 1.0]

@@ -148,6 +148,15 @@ def test_schedule_must_end_at_the_tokenizers_latent_grid():
         tiny_var_config(scale_schedule=((1, 1), (2, 2), (4, 4)))
 
 
+def test_teacher_forcing_on_the_first_scales_matches_the_full_pass(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    image_ids = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    full = tiny_model(input_ids, image_ids, attention_mask).logits
+    for num_tokens in (1, 5, 21):  # the first 1, 2 and 3 scales
+        prefix = tiny_model(input_ids, image_ids[:, :num_tokens], attention_mask).logits
+        torch.testing.assert_close(prefix, full[:, :num_tokens], atol=1e-5, rtol=0)
+
+
 def test_wrong_number_of_image_tokens_is_a_clear_error(tiny_model, char_tokenizer):
     input_ids, attention_mask = _prompts(char_tokenizer)
     with pytest.raises(ValueError, match="image_ids"):

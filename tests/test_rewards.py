@@ -176,6 +176,8 @@ def test_ocr_reward_scores_quoted_prompt_text_and_keeps_word_boxes(cat, blank):
     assert rewards[1] == -0.6
     assert len(reward.last_words) == 2
     assert [word.text for word in reward.last_words[0]] == ["CAT"]
+    # regions for Mask Propagation: the word's box on the render, nothing on the blank image
+    assert reward.last_regions[0] == [reward.last_words[0][0].box] and reward.last_regions[1] == []
 
 
 def test_ocr_reward_reads_targets_from_a_dataset_column(cat):

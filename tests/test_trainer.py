@@ -27,8 +27,13 @@ def _model(tokenizer, codebook_std=30.0):
     return model
 
 
+PLAIN_GRPO = dict(vmr_prefix_scales=0, panw_alpha=0.0, mask_propagation=False)
+
+
 def _args(tmp_path, **kwargs):
+    """Plain GRPO on whole images unless a test turns the paper's components on (tests/test_method.py does)."""
     defaults = dict(
+        **PLAIN_GRPO,
         output_dir=str(tmp_path),
         num_generations=4,
         per_device_train_batch_size=8,

@@ -63,18 +63,25 @@ class VARSamplingState:
     def next_scale(self) -> int:
         return len(self.image_ids)
 
-    def repeat_interleave_(self, repeats: int) -> "VARSamplingState":
+    def select_rows_(self, index: torch.LongTensor) -> "VARSamplingState":
         """
-        In place: every row becomes `repeats` consecutive rows sharing its prefix (cache, features, tokens), so that
-        `generate(state=...)` samples `repeats` continuations of each prefix without recomputing it. With guidance
-        the rows are `[conditional; unconditional]`, and repeating each row in place keeps that layout.
+        In place: row `i` becomes a copy of row `index[i]` (rows may repeat), cache included, so that
+        `generate(state=...)` continues several times from one prefix without recomputing it.
         """
-        self.cache.batch_repeat_interleave(repeats)
-        self.f_hat = self.f_hat.repeat_interleave(repeats, dim=0)
-        self.text_mask = self.text_mask.repeat_interleave(repeats, dim=0)
-        self.image_ids = [ids.repeat_interleave(repeats, dim=0) for ids in self.image_ids]
-        self.logprobs = [lp.repeat_interleave(repeats, dim=0) for lp in self.logprobs]
+        batch_size = self.f_hat.shape[0]
+        index = index.to(self.f_hat.device)
+        # with guidance the cache and the text mask hold [conditional rows; unconditional rows]
+        cache_index = torch.cat([index, index + batch_size]) if self.guided else index
+        self.cache.reorder_cache(cache_index)
+        self.text_mask = self.text_mask[cache_index]
+        self.f_hat = self.f_hat[index]
+        self.image_ids = [ids[index] for ids in self.image_ids]
+        self.logprobs = [lp[index] for lp in self.logprobs]
         return self
+
+    def repeat_interleave_(self, repeats: int) -> "VARSamplingState":
+        """In place: every row becomes `repeats` consecutive rows sharing its prefix (VMR's continuations)."""
+        return self.select_rows_(torch.arange(self.f_hat.shape[0]).repeat_interleave(repeats))
 
 
 @dataclass
@@ -166,10 +173,21 @@ class VARForImageGeneration(VARPreTrainedModel):
     def scale_token_counts(self) -> list[int]:
         return [h * w for h, w in self.scale_schedule]
 
+    def num_scales_in(self, num_tokens: int) -> int:
+        """How many scales, from the first, `num_tokens` image tokens make (an error unless they are whole scales)."""
+        ends = torch.tensor(self.scale_token_counts).cumsum(0).tolist()
+        if num_tokens not in ends:
+            raise ValueError(
+                f"`image_ids` has {num_tokens} tokens per row; it must hold the first scales of the schedule "
+                f"{self.scale_schedule} whole, i.e. one of {ends} tokens."
+            )
+        return ends.index(num_tokens) + 1
+
     def split_scales(self, image_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Flat `(B, L)` image tokens -> one `(B, h_t, w_t)` grid per scale."""
-        grids = torch.split(image_ids, self.scale_token_counts, dim=1)
-        return [g.reshape(g.shape[0], h, w) for g, (h, w) in zip(grids, self.scale_schedule, strict=True)]
+        """Flat `(B, n)` image tokens of the first scales (all by default) -> one `(B, h_t, w_t)` grid per scale."""
+        num_scales = self.num_scales_in(image_ids.shape[1])
+        grids = torch.split(image_ids, self.scale_token_counts[:num_scales], dim=1)
+        return [g.reshape(g.shape[0], h, w) for g, (h, w) in zip(grids, self.scale_schedule, strict=False)]
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -239,35 +257,32 @@ class VARForImageGeneration(VARPreTrainedModel):
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
                 Prompt tokens, left-padded.
-            image_ids (`torch.LongTensor` of shape `(batch_size, num_image_tokens)`):
-                Image tokens of all scales, concatenated coarse to fine, each scale row-major.
+            image_ids (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
+                Image tokens, concatenated coarse to fine, each scale row-major: all scales, or the first few
+                (whole) scales, in which case only their logits are computed (block-causality makes them the same).
             attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
                 1 for prompt tokens, 0 for padding. Only the text part: image tokens are never padding.
         """
-        if image_ids.shape[1] != self.num_image_tokens:
-            raise ValueError(
-                f"`image_ids` has {image_ids.shape[1]} tokens per row, but this model's scale schedule has "
-                f"{self.num_image_tokens} ({self.scale_schedule})."
-            )
+        grids = self.split_scales(image_ids)
+        num_tokens = image_ids.shape[1]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch_size, num_text = input_ids.shape
         text_embeds = self.model.get_input_embeddings()(input_ids)
 
-        # Inputs of scale 0: the start block (zero feature); of scales 1..T-1: f_hat of the scales before, resized.
-        grids = self.split_scales(image_ids)
-        with torch.no_grad():
-            features = self.vqmodel.quantizer.teacher_forcing_inputs(grids)
-        features = torch.cat(
-            [features.new_zeros(batch_size, self.scale_token_counts[0], features.shape[-1]), features], 1
-        )
-        image_embeds = self.image_embed(features.to(self.image_embed.weight.dtype))
-        image_embeds = image_embeds + self._position_embeds(0, self.num_image_tokens)
+        # Inputs of scale 0: the start block (zero feature); of scales 1..n-1: f_hat of the scales before, resized.
+        start_block = self.image_embed.weight.new_zeros(batch_size, self.scale_token_counts[0], self.image_embed.in_features)
+        if len(grids) > 1:
+            with torch.no_grad():
+                features = self.vqmodel.quantizer.teacher_forcing_inputs(grids)
+            start_block = torch.cat([start_block, features.to(start_block.dtype)], 1)
+        image_embeds = self.image_embed(start_block) + self._position_embeds(0, num_tokens)
 
-        blocks = torch.cat([torch.arange(num_text, device=input_ids.device), num_text + self.image_scale_index])
+        scale_index = self.image_scale_index[:num_tokens]
+        blocks = torch.cat([torch.arange(num_text, device=input_ids.device), num_text + scale_index])
         mask = self._attention_mask(attention_mask, blocks, blocks, text_embeds.dtype)
         positions = torch.cat(
-            [self._text_positions(attention_mask), self._image_positions(attention_mask, self.image_scale_index)], 1
+            [self._text_positions(attention_mask), self._image_positions(attention_mask, scale_index)], 1
         )
         hidden = self._backbone(torch.cat([text_embeds, image_embeds.to(text_embeds.dtype)], 1), mask, positions)
         hidden = hidden[:, num_text:]

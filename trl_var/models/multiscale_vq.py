@@ -211,19 +211,20 @@ class MultiScaleQuantizer(nn.Module):
 
     def teacher_forcing_inputs(self, image_ids: Sequence[torch.LongTensor]) -> torch.Tensor:
         """
-        The inputs of scales `1..T-1` in one tensor, for a teacher-forced pass: the concatenation over `t = 0..T-2`
-        of `next_scale_input(f_hat after scales 0..t, t)`, computed with the same ops as the scale-by-scale path.
+        The inputs of scales `1..n-1` in one tensor, for a teacher-forced pass over the first `n = len(image_ids)`
+        scales (all `T` of them, or a prefix): the concatenation over `t = 0..n-2` of
+        `next_scale_input(f_hat after scales 0..t, t)`, computed with the same ops as the scale-by-scale path.
 
         Args:
-            image_ids (`Sequence[torch.LongTensor]`): The `(B, h_t, w_t)` index grid of every scale (the last one is
-                not needed).
+            image_ids (`Sequence[torch.LongTensor]`): The `(B, h_t, w_t)` index grids of the first `n` scales (the
+                last one is not needed).
 
         Returns:
-            `torch.Tensor` of shape `(B, sum_{t>=1} h_t * w_t, C)`.
+            `torch.Tensor` of shape `(B, sum_{1 <= t < n} h_t * w_t, C)`.
         """
         f_hat = self.codebook.weight.new_zeros(image_ids[0].shape[0], self.codebook.embedding_dim, *self.latent_size)
         inputs = []
-        for scale_index in range(len(self.scale_schedule) - 1):
+        for scale_index in range(min(len(image_ids), len(self.scale_schedule)) - 1):
             f_hat = self.add_scale(f_hat, image_ids[scale_index], scale_index)
             inputs.append(self.next_scale_input(f_hat, scale_index))
         if not inputs:  # a single-scale schedule has no next-scale inputs

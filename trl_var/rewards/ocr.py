@@ -268,6 +268,9 @@ class OCRReward:
     Attributes:
         last_words (`list[list[OCRWord]]`):
             Word boxes of the last call, in image pixels, for mask propagation: one list per completion.
+        last_regions (`list[list[tuple[int, int, int, int]]]`):
+            The boxes of `last_words` that contain a letter or digit: what `VARGRPOTrainer` rasterizes for Mask
+            Propagation.
 
     Example:
 
@@ -302,6 +305,15 @@ class OCRReward:
         self.psm = psm
         self.num_workers = num_workers or os.cpu_count() or 1
         self.last_words: list[list[OCRWord]] = []
+
+    @property
+    def last_regions(self) -> list[list[tuple[int, int, int, int]]]:
+        """
+        The reward-relevant regions of the last call's images, for Mask Propagation: the boxes of the words read,
+        in image pixels `(left, top, right, bottom)`. Words without a letter or digit are left out: on a blank image
+        Tesseract reports a "_" spanning the whole image, which is no region of text.
+        """
+        return [[word.box for word in words if any(char.isalnum() for char in word.text)] for words in self.last_words]
 
     def _targets(self, prompts: Sequence[Any], kwargs: dict[str, Any]) -> list[list[str]]:
         if self.target_column is not None:

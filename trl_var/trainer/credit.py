@@ -25,7 +25,8 @@ def soft_value(rewards: torch.Tensor, eta: float) -> torch.Tensor:
     the empirical form of \\(V^*_m(s_m) = \eta \log \mathbb{E}_{\pi_{old}}[\exp(R(s_T)/\eta) \mid s_m]\\), the value
     of the middle state under the KL-regularized objective \\(\mathbb{E}[R] - \eta\,\mathrm{KL}(\pi \| \pi_{old})\\).
     Small `eta` tends to the max of the rewards, large `eta` to their mean. Computed with `logsumexp`, so rewards of
-    any magnitude are safe.
+    any magnitude are safe. NaN rewards (continuations no reward function scored) are left out of the mean; a row of
+    NaNs gives NaN.
 
     Args:
         rewards (`torch.Tensor` of shape `(..., K)`): the rewards of the `K` continuations in the last dimension.
@@ -44,7 +45,9 @@ def soft_value(rewards: torch.Tensor, eta: float) -> torch.Tensor:
     if eta <= 0:
         raise ValueError(f"`eta` must be > 0, got {eta}.")
     rewards = rewards.float()
-    return eta * (torch.logsumexp(rewards / eta, dim=-1) - math.log(rewards.shape[-1]))
+    scored = ~torch.isnan(rewards)
+    scaled = torch.where(scored, rewards / eta, float("-inf"))
+    return eta * (torch.logsumexp(scaled, dim=-1) - scored.sum(-1).float().log())
 
 
 def panw_weights(scale_shapes: Sequence[Sequence[int]], alpha: float) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import copy
 import os
 import textwrap
+from typing import Protocol, runtime_checkable
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -13,10 +14,22 @@ from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_e
 
 from ..models.pipeline_var import images_to_pil
 from ..visualization import make_image_grid
+from .credit import panw_weights, propagate_mask, quarter_resolution_prefix, rasterize_regions, soft_value, vmr_stage
 from .var_grpo_config import VARGRPOConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+@runtime_checkable
+class ProvidesRegions(Protocol):
+    """
+    A reward function that also says where, in each image it just scored, the reward came from (for Mask
+    Propagation): `last_regions[i]` lists `(left, top, right, bottom)` pixel boxes of image `i` of its last call.
+    [`~trl_var.rewards.OCRReward`] provides its word boxes.
+    """
+
+    last_regions: list[list[tuple[float, float, float, float]]]
 
 
 class VARGRPOTrainer(GRPOTrainer):
@@ -89,7 +102,9 @@ class VARGRPOTrainer(GRPOTrainer):
 
         # TRL builds the reference model from `config._name_or_path`; ours is a frozen copy of the initial policy.
         # Both must be made before TRL patches the policy's forward.
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.beta != 0.0 else None
+        ref_model = None
+        if args.beta != 0.0 and peft_config is None:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         beta, sync_ref_model = args.beta, args.sync_ref_model
         args.beta, args.sync_ref_model = 0.0, False
         try:
@@ -107,7 +122,7 @@ class VARGRPOTrainer(GRPOTrainer):
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref_model
         self.beta = beta
-        if ref_model is not None and peft_config is None:
+        if ref_model is not None:
             if self.is_deepspeed_enabled:
                 from trl.models.utils import prepare_deepspeed
 
@@ -127,20 +142,78 @@ class VARGRPOTrainer(GRPOTrainer):
 
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
 
+        policy = self.accelerator.unwrap_model(self.model)
+        self.scale_schedule = policy.scale_schedule
         # Every rollout has the same number of image tokens (dr_grpo normalizes by it).
-        self.max_completion_length = self.accelerator.unwrap_model(self.model).num_image_tokens
+        self.max_completion_length = policy.num_image_tokens
         # TRL would write the completions (PIL images) to a parquet table: we log image grids instead.
         self.log_images, self.log_completions = self.log_completions, False
 
+        # The paper's three components
+        self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
+        self.num_prefix_tokens = sum(h * w for h, w in self.scale_schedule[: self.prefix_scales])
+        self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
+        self.token_scale_index = policy.image_scale_index.cpu()
+        self.region_rewards = [func for func in self.reward_funcs if isinstance(func, ProvidesRegions)]
+        if args.mask_propagation and not self.region_rewards:
+            logger.warning(
+                "mask_propagation=True, but no reward function provides regions (a `last_regions` attribute, as "
+                "OCRReward has): the loss is not gated."
+            )
+        self._rollout_stage = "full"
+
+    def _resolve_prefix_scales(self, requested: int | None) -> int:
+        num_scales = len(self.scale_schedule)
+        if requested is None:
+            prefix_scales = quarter_resolution_prefix(self.scale_schedule)
+            if not 0 < prefix_scales < num_scales:
+                logger.warning(
+                    f"No quarter-resolution split exists for the schedule {self.scale_schedule}: VMR is off. Set "
+                    "`vmr_prefix_scales` to use it."
+                )
+                return 0
+            return prefix_scales
+        if requested >= num_scales:
+            raise ValueError(
+                f"`vmr_prefix_scales` is {requested}, but the model has {num_scales} scales: the prefix must leave a "
+                f"suffix, so use 1..{num_scales - 1} (or 0 to turn VMR off, None for the paper's quarter-side split)."
+            )
+        return requested
+
+    def _current_stage(self) -> str:
+        """`"prefix"` or `"suffix"` (VMR, by optimizer update), or `"full"` (VMR off, or evaluation)."""
+        if self.prefix_scales == 0 or not self.model.training:
+            return "full"
+        return vmr_stage(self.state.global_step, self.args.vmr_prefix_updates, self.args.vmr_suffix_updates)
+
+
     # ------------------------------------------------------------------ rollouts
+
+    def _generate_and_score_completions(self, inputs):
+        # A generation round belongs to the VMR stage of the optimizer update it starts at.
+        self._rollout_stage = self._current_stage()
+        output = super()._generate_and_score_completions(inputs)
+        weights = self._token_weights(*output["completion_ids"].shape, self._rollout_masks)
+        output["completion_mask"] = weights.to(output["completion_mask"].device)
+        output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        return output
 
     def _generate(self, prompts: list):
         _check_prompts(prompts)
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
+        stage = self._rollout_stage
         text = self.processing_class(
             text=prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
         ).to(device)
+        input_ids, attention_mask = text["input_ids"], text["attention_mask"]
+        sampling = {
+            "guidance_scale": self.args.guidance_scale,
+            "guidance_schedule": self.args.guidance_schedule,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+        }
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -149,32 +222,144 @@ class VARGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
+            self.accelerator.autocast(),
         ):
-            with self.accelerator.autocast():
-                output = unwrapped_model.generate(
-                    text["input_ids"],
-                    text["attention_mask"],
-                    guidance_scale=self.args.guidance_scale,
-                    guidance_schedule=self.args.guidance_schedule,
-                    temperature=self.temperature,
-                    top_k=self.top_k,
-                    top_p=self.top_p,
+            if stage == "prefix":
+                # K continuations of every prefix, from its KV cache: their rewards estimate the prefix's value.
+                prefix = unwrapped_model.generate(input_ids, attention_mask, num_scales=self.prefix_scales, **sampling)
+                state = prefix.state.repeat_interleave_(self.args.vmr_num_continuations)
+                full = unwrapped_model.generate(state=state, **sampling)
+                rollout_ids, rollout_logprobs = prefix.image_ids, prefix.logprobs
+            elif stage == "suffix" and self.args.vmr_suffix_grouping == "shared_prefix":
+                # The images of a prompt continue one shared prefix: the middle state of the suffix problem.
+                leaders, group_of_row = self._local_groups(prompts, device)
+                prefix = unwrapped_model.generate(
+                    input_ids[leaders], attention_mask[leaders], num_scales=self.prefix_scales, **sampling
                 )
-                images = unwrapped_model.decode_image_tokens(output.image_ids)
-        completions = images_to_pil(images)
+                full = unwrapped_model.generate(state=prefix.state.select_rows_(group_of_row), **sampling)
+                rollout_ids, rollout_logprobs = full.image_ids, full.logprobs
+            else:
+                full = unwrapped_model.generate(input_ids, attention_mask, **sampling)
+                rollout_ids, rollout_logprobs = full.image_ids, full.logprobs
+            images = images_to_pil(unwrapped_model.decode_image_tokens(full.image_ids))
 
-        prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(text["input_ids"], text["attention_mask"])]
-        completion_ids = output.image_ids.tolist()
-        logprobs = output.logprobs.tolist()
+        if stage == "prefix":
+            num = self.args.vmr_num_continuations
+            completions = [images[i * num : (i + 1) * num] for i in range(len(prompts))]
+            self._continuation_ids = full.image_ids.tolist()
+        else:
+            completions = images
+        prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
 
-        num_tokens = torch.tensor(
-            [sum(len(ids) for ids in prompt_ids) + output.image_ids.numel()], device=device, dtype=torch.long
-        )
+        num_tokens = torch.tensor([attention_mask.sum() + full.image_ids.numel()], device=device)
         if mode == "train":
             self.state.num_input_tokens_seen += self.accelerator.gather(num_tokens).sum().item()
         self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+        if stage != "full":
+            self._metrics[mode]["vmr/prefix_update"].append(float(stage == "prefix"))
         # tool_mask, extra_fields, images (these would be *prompt* images for TRL), tool_images
-        return prompt_ids, completion_ids, None, completions, logprobs, {}, None, []
+        return prompt_ids, rollout_ids.tolist(), None, completions, rollout_logprobs.tolist(), {}, None, []
+
+    def _local_groups(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The first row of every prompt group on this process, and the group (among those) of every row. TRL's sampler
+        puts the `num_generations` copies of a prompt in consecutive rows; a group cut by a process boundary gets
+        one prefix on each side.
+        """
+        first_row = self.accelerator.process_index * len(prompts)
+        groups = [(first_row + row) // self.num_generations for row in range(len(prompts))]
+        leaders = [row for row in range(len(prompts)) if row == 0 or groups[row] != groups[row - 1]]
+        group_of_row = torch.tensor([len([lead for lead in leaders if lead <= row]) - 1 for row in range(len(prompts))])
+        for row, group in enumerate(group_of_row.tolist()):
+            if prompts[row] != prompts[leaders[group]]:
+                raise RuntimeError(
+                    "vmr_suffix_grouping='shared_prefix' expects the num_generations copies of a prompt in consecutive "
+                    "rows (TRL's RepeatSampler); use vmr_suffix_grouping='independent' with another sampler."
+                )
+        return torch.tensor(leaders, device=device), group_of_row.to(device)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._rollout_stage != "prefix":
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._rollout_masks = self._region_masks(completions, continuations=1)
+            return rewards
+        # Prefix update: score the K continuations of every prefix, and reward the prefix with their soft value.
+        num = self.args.vmr_num_continuations
+        repeat = lambda rows: [row for row in rows for _ in range(num)]  # noqa: E731
+        images = [image for continuations in completions for image in continuations]
+        rewards = super()._calculate_rewards(repeat(inputs), repeat(prompts), images, self._continuation_ids)
+        self._rollout_masks = self._region_masks(images, continuations=num)
+        per_prefix = rewards.view(-1, num, rewards.shape[1])  # gathered rows are (process, prompt row, continuation)
+        values = soft_value(per_prefix.transpose(1, 2), self.args.vmr_eta)  # per reward function, see the class doc
+        total = (rewards * self.reward_weights.to(rewards.device)).nansum(1)
+        self._metrics["train"]["vmr/continuation_reward"].append(total.nanmean().item())
+        self._metrics["train"]["vmr/value"].append(
+            (values * self.reward_weights.to(values.device)).nansum(1).nanmean().item()
+        )
+        return values
+
+    # ------------------------------------------------------------------ loss weights (PANW x MP x stage)
+
+    def _region_masks(self, images, continuations: int) -> torch.Tensor | None:
+        """
+        Finest-grid masks `(rows, H, W)` of the reward-relevant regions of this process's rollouts (the union over a
+        prefix's continuations), `None` when MP is off or no reward provides regions. A rollout where no region was
+        found is all ones: no gating.
+        """
+        if not (self.args.mask_propagation and self.region_rewards):
+            return None
+        grid = self.scale_schedule[-1]
+        masks = torch.zeros(len(images), *grid, dtype=torch.bool)
+        found = torch.zeros(len(images), dtype=torch.bool)
+        for reward_func in self.region_rewards:
+            for row, (image, regions) in enumerate(zip(images, reward_func.last_regions, strict=True)):
+                mask = rasterize_regions(regions, image.size, grid, dilation=self.args.mask_dilation)
+                if mask is not None:
+                    masks[row] |= mask
+                    found[row] = True
+        masks = masks.view(-1, continuations, *grid).any(1)
+        found = found.view(-1, continuations).any(1)
+        masks[~found] = True
+        return masks
+
+    def _token_weights(self, num_rows: int, num_tokens: int, region_masks: torch.Tensor | None) -> torch.Tensor:
+        r"""
+        Per-token loss weights `(rows, num_tokens)` that TRL's float `completion_mask` carries into every loss type:
+        `k_t * m_tij * [token trained in this stage]`, rescaled per row so that the weights sum to the number of
+        trained tokens. Then TRL's per-row `sum(w * l) / sum(w)` ("grpo") is the paper's
+        `sum_t k_t sum_ij m_tij l_tij / sum_t k_t sum_ij m_tij`, token counts keep their meaning for "dapo" / "bnpo",
+        and `panw_alpha=0` with no mask gives exactly ones (plain GRPO).
+        """
+        scale_index = self.token_scale_index[:num_tokens]
+        trained = torch.ones(num_tokens, dtype=torch.bool)
+        if self._rollout_stage == "suffix":
+            trained &= scale_index >= self.prefix_scales
+        if region_masks is None:
+            active = trained.float().expand(num_rows, -1)
+        else:
+            per_scale = propagate_mask(region_masks, self.scale_schedule)
+            flat = torch.cat([m.flatten(1) for m in per_scale], 1)[:, :num_tokens]
+            active = (flat & trained).float()
+        weights = active * self.scale_weights[scale_index]
+        # rescale each row to sum to its number of trained tokens (TRL clamps normalizers to >= 1)
+        weights = weights * (active.sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1e-12))
+        self._log_weight_metrics(weights, active, scale_index, masked=region_masks is not None)
+        return weights
+
+    def _log_weight_metrics(self, weights, active, scale_index, masked: bool):
+        """Share of the loss weight of every scale (PANW) and, with MP, the fraction of its tokens trained."""
+        mode = "train" if self.model.training else "eval"
+        num_scales = int(scale_index.max()) + 1
+        per_scale = torch.zeros(3, num_scales)
+        per_scale[0].index_add_(0, scale_index, weights.sum(0))
+        per_scale[1].index_add_(0, scale_index, active.sum(0))
+        per_scale[2].index_add_(0, scale_index, torch.full_like(scale_index, weights.shape[0], dtype=torch.float))
+        per_scale = self.accelerator.reduce(per_scale.to(self.accelerator.device), reduction="sum").cpu()
+        share = per_scale[0] / per_scale[0].sum().clamp(min=1e-12)
+        for t in range(num_scales):
+            self._metrics[mode][f"panw/weight_share/scale_{t}"].append(share[t].item())
+            if masked:
+                self._metrics[mode][f"mp/coverage/scale_{t}"].append((per_scale[1, t] / per_scale[2, t]).item())
 
     # ------------------------------------------------------------------ log-probs
 
@@ -221,7 +406,8 @@ class VARGRPOTrainer(GRPOTrainer):
 
     def _log_sample_images(self):
         count = min(self.args.num_completions_to_print or 16, len(self._logs["completion"]))
-        images = list(self._logs["completion"])[-count:]
+        # a prefix update's rollout is its K continuations (rewarded with their soft value): show the first
+        images = [image[0] if isinstance(image, list) else image for image in list(self._logs["completion"])[-count:]]
         prompts = list(self._logs["prompt"])[-count:]
         rewards = {name: list(values)[-count:] for name, values in self._logs["rewards"].items()}
         captions = [
