@@ -271,7 +271,9 @@ class VARForImageGeneration(VARPreTrainedModel):
         text_embeds = self.model.get_input_embeddings()(input_ids)
 
         # Inputs of scale 0: the start block (zero feature); of scales 1..n-1: f_hat of the scales before, resized.
-        start_block = self.image_embed.weight.new_zeros(batch_size, self.scale_token_counts[0], self.image_embed.in_features)
+        start_block = self.image_embed.weight.new_zeros(
+            batch_size, self.scale_token_counts[0], self.image_embed.in_features
+        )
         if len(grids) > 1:
             with torch.no_grad():
                 features = self.vqmodel.quantizer.teacher_forcing_inputs(grids)

@@ -192,8 +192,10 @@ class VARGRPOConfig(GRPOConfig):
             raise ValueError(f"`vmr_num_continuations` (K) must be >= 1, got {self.vmr_num_continuations}.")
         if self.vmr_eta <= 0:
             raise ValueError(f"`vmr_eta` must be > 0, got {self.vmr_eta}.")
-        if self.vmr_prefix_updates < 0 or self.vmr_suffix_updates < 0 or not (
-            self.vmr_prefix_updates or self.vmr_suffix_updates
+        if (
+            self.vmr_prefix_updates < 0
+            or self.vmr_suffix_updates < 0
+            or not (self.vmr_prefix_updates or self.vmr_suffix_updates)
         ):
             raise ValueError(
                 f"`vmr_prefix_updates` ({self.vmr_prefix_updates}) and `vmr_suffix_updates` "

@@ -26,6 +26,7 @@ class ProvidesRegions(Protocol):
     """
     A reward function that also says where, in each image it just scored, the reward came from (for Mask
     Propagation): `last_regions[i]` lists `(left, top, right, bottom)` pixel boxes of image `i` of its last call.
+    The attribute must exist from construction (an empty list), since the trainer looks for it when it is built.
     [`~trl_var.rewards.OCRReward`] provides its word boxes.
     """
 
@@ -186,7 +187,6 @@ class VARGRPOTrainer(GRPOTrainer):
             return "full"
         return vmr_stage(self.state.global_step, self.args.vmr_prefix_updates, self.args.vmr_suffix_updates)
 
-
     # ------------------------------------------------------------------ rollouts
 
     def _generate_and_score_completions(self, inputs):
@@ -269,7 +269,9 @@ class VARGRPOTrainer(GRPOTrainer):
         first_row = self.accelerator.process_index * len(prompts)
         groups = [(first_row + row) // self.num_generations for row in range(len(prompts))]
         leaders = [row for row in range(len(prompts)) if row == 0 or groups[row] != groups[row - 1]]
-        group_of_row = torch.tensor([len([lead for lead in leaders if lead <= row]) - 1 for row in range(len(prompts))])
+        group_of_row = torch.tensor(
+            [len([lead for lead in leaders if lead <= row]) - 1 for row in range(len(prompts))]
+        )
         for row, group in enumerate(group_of_row.tolist()):
             if prompts[row] != prompts[leaders[group]]:
                 raise RuntimeError(
