@@ -49,6 +49,19 @@ class VARGRPOTrainer(GRPOTrainer):
       `config._name_or_path`, which an in-memory model does not have);
     - `log`: sample images with their prompts and rewards go to the trackers (`log_completions`).
 
+    And the paper's three components, each switched by `VARGRPOConfig` alone:
+
+    - Value as Middle Return (`vmr_*`): `_generate_and_score_completions` picks the stage of the round (3 prefix
+      updates, then 1 suffix update, counted in optimizer updates). A prefix round samples the first `m` scales
+      of every rollout, then `K` continuations from each prefix's KV cache; `_calculate_rewards` scores the `K`
+      images and rewards the prefix with their soft value `eta * log(mean(exp(R_k / eta)))`, and only the prefix
+      tokens are trained. A suffix round trains only the suffix tokens on the terminal reward; by default the images
+      of a prompt continue one shared prefix. With several reward functions the soft value is taken per function,
+      then TRL aggregates them as it aggregates terminal rewards (exact for one reward function, as in the paper).
+    - PANW (`panw_alpha`) and MP (`mask_propagation`): the per-token weights `k_t * m_tij` ride in TRL's
+      `completion_mask`, normalized per rollout (see `_token_weights`), so every loss type applies them to the
+      policy and KL terms alike.
+
     Args:
         model (`str` or [`VARForImageGeneration`]):
             The policy, or a path / Hub id that `AutoModel.from_pretrained` loads (after `import trl_var`).
@@ -267,18 +280,16 @@ class VARGRPOTrainer(GRPOTrainer):
         one prefix on each side.
         """
         first_row = self.accelerator.process_index * len(prompts)
-        groups = [(first_row + row) // self.num_generations for row in range(len(prompts))]
-        leaders = [row for row in range(len(prompts)) if row == 0 or groups[row] != groups[row - 1]]
-        group_of_row = torch.tensor(
-            [len([lead for lead in leaders if lead <= row]) - 1 for row in range(len(prompts))]
-        )
+        groups = (first_row + torch.arange(len(prompts))) // self.num_generations
+        _, group_of_row = torch.unique_consecutive(groups, return_inverse=True)
+        leaders = torch.cat([torch.zeros(1, dtype=torch.long), (groups[1:] != groups[:-1]).nonzero().flatten() + 1])
         for row, group in enumerate(group_of_row.tolist()):
             if prompts[row] != prompts[leaders[group]]:
                 raise RuntimeError(
                     "vmr_suffix_grouping='shared_prefix' expects the num_generations copies of a prompt in consecutive "
                     "rows (TRL's RepeatSampler); use vmr_suffix_grouping='independent' with another sampler."
                 )
-        return torch.tensor(leaders, device=device), group_of_row.to(device)
+        return leaders.to(device), group_of_row.to(device)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._rollout_stage != "prefix":
