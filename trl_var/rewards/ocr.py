@@ -6,6 +6,7 @@ call on one image, and [`OCRReward`] is the TRL reward callable that glues them 
 its last call for Mask Propagation.
 """
 
+import logging
 import math
 import os
 import re
@@ -19,6 +20,9 @@ from typing import Any
 
 import pytesseract
 from PIL import Image
+
+
+logger = logging.getLogger(__name__)
 
 
 # What TRL passes to reward functions besides the dataset columns (left out of error messages listing the columns).
@@ -170,7 +174,9 @@ def _single_threaded_tesseract() -> Iterator[None]:
                     os.environ["OMP_THREAD_LIMIT"] = _omp_previous
 
 
-def read_text(image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str = "eng") -> list[OCRWord]:
+def read_text(
+    image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str = "eng", timeout: float = 0
+) -> list[OCRWord]:
     """
     Reads the words of an image with one Tesseract call.
 
@@ -185,6 +191,8 @@ def read_text(image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str =
             rendered words; use 11 (sparse text) for scattered text regions.
         lang (`str`, *optional*, defaults to `"eng"`):
             Tesseract language(s), e.g. `"eng+deu"`.
+        timeout (`float`, *optional*, defaults to `0`):
+            Seconds after which the Tesseract process is killed and `TimeoutError` raised; `0` waits forever.
 
     Returns:
         `list[OCRWord]`: The words in reading order, with boxes in pixels of `image`.
@@ -194,7 +202,14 @@ def read_text(image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str =
     if upscale != 1:
         image = image.resize((width * upscale, height * upscale), Image.Resampling.BICUBIC)
     with _single_threaded_tesseract():
-        data = pytesseract.image_to_data(image, lang=lang, config=f"--psm {psm}", output_type=pytesseract.Output.DICT)
+        try:
+            data = pytesseract.image_to_data(
+                image, lang=lang, config=f"--psm {psm}", output_type=pytesseract.Output.DICT, timeout=timeout
+            )
+        except RuntimeError as error:  # pytesseract's way of saying it killed the process
+            if "timeout" not in str(error).lower():
+                raise
+            raise TimeoutError(f"Tesseract did not finish within {timeout} s") from error
 
     words = []
     for text, conf, left, top, box_width, box_height in zip(
@@ -264,6 +279,9 @@ class OCRReward:
             Tesseract page segmentation mode, see [`read_text`].
         num_workers (`int` or `None`, *optional*, defaults to `None`):
             Number of tesseract processes run at once. Defaults to `os.cpu_count()`.
+        timeout (`float`, *optional*, defaults to `30`):
+            Seconds one image may take; a Tesseract call that hangs is killed, its image scores `None` (TRL then
+            leaves it out) and a warning is logged, so one bad image never stalls a run. `0` waits forever.
 
     Attributes:
         last_words (`list[list[OCRWord]]`):
@@ -296,6 +314,7 @@ class OCRReward:
         upscale: int = 4,
         psm: int = 7,
         num_workers: int | None = None,
+        timeout: float = 30,
     ):
         check_tesseract()  # fail when the trainer is built, not at the first reward call
         self.__name__ = "ocr"  # TRL names the reward in its logs after `__name__`
@@ -304,6 +323,7 @@ class OCRReward:
         self.upscale = upscale
         self.psm = psm
         self.num_workers = num_workers or os.cpu_count() or 1
+        self.timeout = timeout
         self.last_words: list[list[OCRWord]] = []
 
     @property
@@ -340,16 +360,24 @@ class OCRReward:
             targets.append(words)
         return targets
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Image.Image], **kwargs) -> list[float]:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Image.Image], **kwargs) -> list[float | None]:
         targets = self._targets(prompts, kwargs)
         # Threads, not processes: each tesseract call is already its own subprocess, so threads give the same
         # parallelism without forking a torch process or pickling images (32 renders of 64x64, 2 cores: threads
         # 2.2 s, process pool 2.1-2.5 s warm or started per call, one at a time 4.1 s).
         with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-            self.last_words = list(
-                pool.map(lambda image: read_text(image, upscale=self.upscale, psm=self.psm), completions)
-            )
+            reads = list(pool.map(self._read, completions))
+        self.last_words = [words or [] for words in reads]
         return [
-            score_ocr([(word.text, word.confidence) for word in words], target_words, penalty=self.penalty)
-            for words, target_words in zip(self.last_words, targets, strict=True)
+            None
+            if words is None
+            else score_ocr([(word.text, word.confidence) for word in words], target_words, penalty=self.penalty)
+            for words, target_words in zip(reads, targets, strict=True)
         ]
+
+    def _read(self, image: Image.Image) -> list[OCRWord] | None:
+        try:
+            return read_text(image, upscale=self.upscale, psm=self.psm, timeout=self.timeout)
+        except TimeoutError as error:
+            logger.warning(f"OCRReward: {error}; the image scores None (left out of the reward).")
+            return None

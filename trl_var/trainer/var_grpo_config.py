@@ -32,6 +32,13 @@ class VARGRPOConfig(GRPOConfig):
         top_p (`float`, *optional*, defaults to `0.9`):
             Nucleus filtering of the rollouts. The paper samples with top-p 0.9.
 
+        eval_guidance_scale (`float`, *optional*):
+            Guidance of the images sampled in evaluation (`eval_strategy`); `None` uses `guidance_scale`.
+        eval_top_k (`int`, *optional*):
+            Top-k of evaluation sampling; `None` uses `top_k`.
+        eval_top_p (`float`, *optional*):
+            Top-p of evaluation sampling; `None` uses `top_p`.
+
         > Parameters of Value as Middle Return (VMR)
 
         vmr_prefix_scales (`int`, *optional*):
@@ -112,6 +119,11 @@ class VARGRPOConfig(GRPOConfig):
         default=0.9,
         metadata={"help": "Nucleus (top-p) filtering of the rollouts. The paper samples with top-p 0.9."},
     )
+    eval_guidance_scale: float | None = field(
+        default=None, metadata={"help": "Guidance of evaluation sampling; None: the same as the rollouts."}
+    )
+    eval_top_k: int | None = field(default=None, metadata={"help": "Top-k of evaluation sampling; None: `top_k`."})
+    eval_top_p: float | None = field(default=None, metadata={"help": "Top-p of evaluation sampling; None: `top_p`."})
     vmr_prefix_scales: int | None = field(
         default=None,
         metadata={

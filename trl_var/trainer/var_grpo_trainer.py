@@ -3,10 +3,11 @@ import os
 import textwrap
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoModel, PreTrainedModel, TrainerCallback
-from transformers.integrations import TensorBoardCallback, WandbCallback
+from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
@@ -15,6 +16,7 @@ from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_e
 from ..models.pipeline_var import images_to_pil
 from ..visualization import make_image_grid
 from .credit import panw_weights, propagate_mask, quarter_resolution_prefix, rasterize_regions, soft_value, vmr_stage
+from .monitoring import image_statistics, logprob_agreement
 from .var_grpo_config import VARGRPOConfig
 
 
@@ -175,6 +177,8 @@ class VARGRPOTrainer(GRPOTrainer):
                 "OCRReward has): the loss is not gated."
             )
         self._rollout_stage = "full"
+        self._sampled_logps = None
+        self._images_logged_at = -1
 
     def _resolve_prefix_scales(self, requested: int | None) -> int:
         num_scales = len(self.scale_schedule)
@@ -227,6 +231,10 @@ class VARGRPOTrainer(GRPOTrainer):
             "top_k": self.top_k,
             "top_p": self.top_p,
         }
+        if mode == "eval":  # evaluation may decode differently from the training rollouts
+            for name in ("guidance_scale", "top_k", "top_p"):
+                if getattr(self.args, f"eval_{name}") is not None:
+                    sampling[name] = getattr(self.args, f"eval_{name}")
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -254,7 +262,9 @@ class VARGRPOTrainer(GRPOTrainer):
             else:
                 full = unwrapped_model.generate(input_ids, attention_mask, **sampling)
                 rollout_ids, rollout_logprobs = full.image_ids, full.logprobs
-            images = images_to_pil(unwrapped_model.decode_image_tokens(full.image_ids))
+            decoded = unwrapped_model.decode_image_tokens(full.image_ids)
+        images = images_to_pil(decoded)
+        self._log_image_statistics(decoded, stage, mode)
 
         if stage == "prefix":
             num = self.args.vmr_num_continuations
@@ -310,6 +320,15 @@ class VARGRPOTrainer(GRPOTrainer):
             (values * self.reward_weights.to(values.device)).nansum(1).nanmean().item()
         )
         return values
+
+    def _log_image_statistics(self, images: torch.Tensor, stage: str, mode: str):
+        """Reward-hacking monitor: statistics the reward does not measure, averaged over processes."""
+        # in a prefix round the images are the K continuations of each rollout; a group is then K * G images
+        group_size = self.num_generations * (self.args.vmr_num_continuations if stage == "prefix" else 1)
+        stats = image_statistics(images, group_size)
+        values = self.accelerator.reduce(torch.tensor(list(stats.values()), device=images.device), "mean")
+        for name, value in zip(stats, values.tolist(), strict=True):
+            self._metrics[mode][f"images/{name}"].append(value)
 
     # ------------------------------------------------------------------ loss weights (PANW x MP x stage)
 
@@ -376,6 +395,14 @@ class VARGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ log-probs
 
+    def _compute_loss(self, model, inputs):
+        # Before the first optimizer update of a generation round the policy is the one that sampled: its recomputed
+        # log-probs must equal the sampled ones. Compare them in the loss's own log-prob pass (no extra forward).
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        fresh = self.model.training and self._step % generate_every < self.current_gradient_accumulation_steps
+        self._sampled_logps = inputs.get("sampling_per_token_logps") if fresh else None
+        return super()._compute_loss(model, inputs)
+
     def _get_per_token_logps_and_entropies(
         self,
         model,
@@ -399,7 +426,7 @@ class VARGRPOTrainer(GRPOTrainer):
                 logits = model(
                     input_ids=text_ids[rows], image_ids=image_ids[rows], attention_mask=text_mask[rows]
                 ).logits
-            if compute_entropy:
+            if compute_entropy:  # the loss's pass
                 logps, entropies = selective_log_softmax_and_entropy(
                     logits, image_ids[rows], temperature=self.temperature
                 )
@@ -408,23 +435,35 @@ class VARGRPOTrainer(GRPOTrainer):
                 logps = selective_log_softmax(logits / self.temperature, image_ids[rows])
             all_logps.append(logps)
         entropies = torch.cat(all_entropies) if compute_entropy else None
-        return torch.cat(all_logps), entropies, None
+        logps = torch.cat(all_logps)
+        if compute_entropy and self._sampled_logps is not None:
+            agreement = logprob_agreement(
+                self._sampled_logps, logps, self.token_scale_index[: logps.shape[1]], len(self.scale_schedule)
+            )
+            for name, value in agreement.items():
+                self._metrics["train"][f"logprob_agreement/{name}"].append(value)
+            self._sampled_logps = None
+        return logps, entropies, None
 
     # ------------------------------------------------------------------ logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
-        if self.log_images and self.model.training and self.accelerator.is_main_process and self._logs["completion"]:
-            self._log_sample_images()
+        step = self.state.global_step
+        if self.log_images and self.model.training and self._logs["completion"] and step != self._images_logged_at:
+            self._images_logged_at = step  # the end-of-training summary log comes at the same step: one grid
+            if self.accelerator.is_main_process:
+                self._log_sample_images()
 
     def _log_sample_images(self):
         count = min(self.args.num_completions_to_print or 16, len(self._logs["completion"]))
         # a prefix update's rollout is its K continuations (rewarded with their soft value): show the first
         images = [image[0] if isinstance(image, list) else image for image in list(self._logs["completion"])[-count:]]
         prompts = list(self._logs["prompt"])[-count:]
-        rewards = {name: list(values)[-count:] for name, values in self._logs["rewards"].items()}
+        columns = {name: list(values)[-count:] for name, values in self._logs["rewards"].items()}
+        columns["adv"] = list(self._logs["advantages"])[-count:]
         captions = [
-            " ".join([f"{name}={values[i]:.2f}" for name, values in rewards.items()] + [prompts[i]])
+            " ".join([f"{name}={values[i]:.2f}" for name, values in columns.items()] + [prompts[i]])
             for i in range(count)
         ]
         grid = make_image_grid(images, captions)
@@ -432,13 +471,14 @@ class VARGRPOTrainer(GRPOTrainer):
         folder = os.path.join(self.args.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         grid.save(os.path.join(folder, f"step-{step:06d}.png"))
+        caption = " | ".join(captions)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                import numpy as np
-
                 callback.tb_writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
             elif isinstance(callback, WandbCallback) and callback._wandb.run is not None:
-                callback._wandb.log({"samples": callback._wandb.Image(grid, caption=" | ".join(captions))}, step=step)
+                callback._wandb.log({"samples": callback._wandb.Image(grid, caption=caption)}, step=step)
+            elif isinstance(callback, TrackioCallback) and callback._initialized:
+                callback._trackio.log({"samples": callback._trackio.Image(grid, caption=caption)}, step=step)
 
 
 def _check_prompt_dataset(dataset, name: str):
