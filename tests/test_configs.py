@@ -1,0 +1,38 @@
+import os
+
+import pytest
+import yaml
+from trl import TrlParser
+
+from trl_var import VARGRPOConfig
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", ["text_render_tiny.yaml", "text_render_nextflow.yaml"])
+def test_recipe_configs_parse_into_the_recipe_arguments(name, tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    from train_text_render import ScriptArguments
+
+    path = os.path.join(ROOT, "recipes", "configs", name)
+    parser = TrlParser((ScriptArguments, VARGRPOConfig))
+    # (the GPU config asks for bf16, which a CPU machine refuses: the command line overrides the file)
+    cli = ["--config", path, "--output_dir", str(tmp_path), "--bf16", "false"]
+    script_args, args = parser.parse_args_and_config(cli)
+    # both turn the paper's full method on
+    assert args.vmr_prefix_scales is None and args.vmr_num_continuations == 2 and args.panw_alpha == 0.6
+    assert args.mask_propagation is True
+    if name == "text_render_nextflow.yaml":
+        assert (args.guidance_scale, args.top_k, args.top_p, args.num_generations) == (5.0, 2, 0.9, 16)
+        assert script_args.model_name_or_path is not None
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "accelerate_configs"))))
+def test_accelerate_configs_are_valid(name):
+    with open(os.path.join(ROOT, "recipes", "accelerate_configs", name)) as f:
+        config = yaml.safe_load(f)
+    assert config["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED", "FSDP"}
+    assert config["num_processes"] >= 1
