@@ -53,6 +53,14 @@ GRPO_FIELDS = (
     "num_iterations",
 )
 RESULTS_FILES = ("results.json", "results.md")
+BADGES = {
+    "wandb": '[<img src="https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg" '
+    'alt="Visualize in Weights & Biases" width="150" height="24"/>]({url})',
+    "trackio": '[<img src="https://raw.githubusercontent.com/gradio-app/trackio/refs/heads/main/trackio/assets/'
+    'badge.png" alt="Visualize in Trackio" title="Visualize in Trackio" width="150" height="24"/>]({url})',
+    "comet": '[<img src="https://raw.githubusercontent.com/comet-ml/comet-examples/master/logo/comet_badge.png" '
+    'alt="Visualize in Comet" width="150" height="24"/>]({url})',
+}
 
 TEMPLATE = """\
 ---
@@ -61,9 +69,12 @@ TEMPLATE = """\
 
 # Model Card for {{ model_name }}
 
-{% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }}){% else %}This model was trained{% endif %}{% if dataset_name %} on the {{ dataset_link }} dataset{% endif %}.
+{% if base_model %}This model is a fine-tuned version of [{{ base_model }}](https://huggingface.co/{{ base_model }})\
+{% if dataset_name %} on the {{ dataset_link }} dataset{% endif %}.
 It has been trained using [TRL](https://github.com/huggingface/trl) and trl-var's `VARGRPOTrainer`.
-
+{% else %}This model has been trained using [TRL](https://github.com/huggingface/trl) and trl-var's `VARGRPOTrainer`\
+{% if dataset_name %} on the {{ dataset_link }} dataset{% endif %}.
+{% endif %}
 It is a visual autoregressive (next-scale prediction) text-to-image model: it reads a text prompt, then predicts the \
 image as {{ num_scales }} token grids, coarse to fine ({{ first_grid }} to {{ last_grid }}, {{ num_image_tokens }} \
 tokens), which its multi-scale VQ tokenizer (`model.vqmodel`, {{ codebook_size }} codes, saved with the model) \
@@ -86,14 +97,13 @@ images[0].save("image.png")
 
 ## Training procedure
 
-{% if wandb_url %}[<img src="https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg" alt="Visualize in Weights & Biases" width="150" height="24"/>]({{ wandb_url }}){% endif %}
-{% if trackio_url %}[<img src="https://raw.githubusercontent.com/gradio-app/trackio/refs/heads/main/trackio/assets/badge.png" alt="Visualize in Trackio" title="Visualize in Trackio" width="150" height="24"/>]({{ trackio_url }}){% endif %}
-{% if comet_url %}[<img src="https://raw.githubusercontent.com/comet-ml/comet-examples/master/logo/comet_badge.png" alt="Visualize in Comet" width="150" height="24"/>]({{ comet_url }}){% endif %}
+{% if badges %}{{ badges }}
 
-This model was trained with {{ trainer_name }}{% if paper_id %}, a method introduced in [{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }}) ([arXiv {{ paper_id }}](https://arxiv.org/abs/{{ paper_id }})){% endif %}: \
-GRPO on multi-scale rollouts, with Value as Middle Return (VMR), Per-Action Normalization Weighting (PANW) and Mask \
-Propagation (MP).{% if reward_names %} Reward functions: {{ reward_names }}.{% endif %}{% if global_step %} \
-{{ global_step }} optimizer steps.{% endif %}
+{% endif %}This model was trained with {{ trainer_name }}\
+{% if paper_id %}, a method introduced in [{{ paper_title }}](https://huggingface.co/papers/{{ paper_id }}) \
+([arXiv {{ paper_id }}](https://arxiv.org/abs/{{ paper_id }})){% endif %}: {{ method }}.\
+{% if reward_names %} Reward functions: {{ reward_names }}.{% endif %}\
+{% if global_step %} Trained for {{ global_step }} optimizer step{{ "s" if global_step > 1 }}.{% endif %}
 
 ### Training configuration
 
@@ -105,13 +115,7 @@ Rollouts are sampled with classifier-free guidance and top-k / top-p filtering; 
 those of the conditional policy, without guidance or filtering, with logits divided by `temperature`.
 
 {{ decoding_table }}
-{% if results_table %}
-## Evaluation
 
-{% if results_dataset %}On {{ results_dataset }}:
-
-{% endif %}{{ results_table }}
-{% endif %}
 ### Framework versions
 
 - TRL: {{ trl_version }}
@@ -121,7 +125,13 @@ those of the conditional policy, without guidance or filtering, with logits divi
 - Pytorch: {{ pytorch_version }}
 - Datasets: {{ datasets_version }}
 - Tokenizers: {{ tokenizers_version }}
+{% if results_table %}
+## Evaluation
 
+{% if results_dataset %}On {{ results_dataset }}:
+
+{% endif %}{{ results_table }}
+{% endif %}
 ## Citations
 {% if trainer_citation %}
 Cite {{ trainer_name }} as:
@@ -135,7 +145,8 @@ Cite TRL as:
 ```bibtex
 {% raw %}@software{vonwerra2020trl,
   title   = {{TRL: Transformers Reinforcement Learning}},
-  author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
+  author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and \
+Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
   license = {Apache-2.0},
   url     = {https://github.com/huggingface/trl},
   year    = {2020}
@@ -204,24 +215,28 @@ def generate_model_card(
         [`~huggingface_hub.ModelCard`]: the card; `card.save(path)` writes it, `card.push_to_hub(repo_id)` uploads it.
     """
     paper = paper or {}
-    hub_dataset = _hub_repo_id(dataset_name)
     card_data = ModelCardData(
         base_model=base_model,
-        datasets=[hub_dataset] if hub_dataset else None,
-        # The weights and config are transformers' format and load with `AutoModel` (after `import trl_var`), as
-        # for TRL's own cards; the Hub then counts downloads of config.json. There is no transformers pipeline for
-        # the model: the quick start uses trl_var's VARPipeline.
+        datasets=[dataset_name] if _is_hub_repo_id(dataset_name) else None,
+        # The weights and config are in transformers' format and load with `AutoModel` (after `import trl_var`), as
+        # the models of TRL's cards do, and the Hub counts downloads by config.json. transformers has no pipeline for
+        # this model type: the quick start uses trl_var's VARPipeline.
         library_name="transformers",
         pipeline_tag="text-to-image",
         model_name=model_name,
         tags=list(dict.fromkeys(["generated_from_trainer", *CARD_TAGS, *tags])),
     )
 
-    results = load_results(results) if isinstance(results, (str, os.PathLike)) else results
+    if isinstance(results, (str, os.PathLike)):
+        results = load_results(results)
+    evaluation = results if isinstance(results, Mapping) else {}
     rollout_decoding = {name: getattr(args, name) for name in DECODING_FIELDS}
-    eval_decoding = None
-    if isinstance(results, Mapping) and isinstance(results.get("sampling"), Mapping):
-        eval_decoding = {name: results["sampling"][name] for name in DECODING_FIELDS if name in results["sampling"]}
+    eval_decoding = {name: value for name, value in evaluation.get("sampling", {}).items() if name in DECODING_FIELDS}
+    badges = [
+        BADGES[name].format(url=url)
+        for name, url in (("wandb", wandb_url), ("trackio", trackio_url), ("comet", comet_url))
+        if url
+    ]
     vq = model_config.vq_config
     schedule = model_config.scale_schedule
     text_config = model_config.text_config
@@ -232,9 +247,7 @@ def generate_model_card(
         template_str=TEMPLATE,
         base_model=base_model,
         dataset_name=dataset_name,
-        dataset_link=f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})"
-        if hub_dataset
-        else dataset_name,
+        dataset_link=_dataset_link(dataset_name),
         hub_model_id=hub_model_id or model_name,
         num_scales=len(schedule),
         first_grid=_grid(schedule[0]),
@@ -247,19 +260,18 @@ def generate_model_card(
         quickstart_kwargs=", ".join(
             f"{name}={value!r}" for name, value in (eval_decoding or rollout_decoding).items()
         ),
+        badges="\n".join(badges),
+        method=_method(args, prefix_scales),
         reward_names=", ".join(f"`{name}`" for name in reward_names),
         global_step=global_step,
         config_table=_config_table(args, prefix_scales),
         decoding_table=_decoding_table(rollout_decoding, eval_decoding),
         results_table=_results_table(results),
-        results_dataset=results.get("dataset") if isinstance(results, Mapping) else None,
+        results_dataset=_dataset_link(evaluation.get("dataset")),
         trainer_name=trainer_name,
         trainer_citation=paper.get("citation"),
         paper_title=paper.get("title"),
         paper_id=paper.get("id"),
-        wandb_url=wandb_url,
-        trackio_url=trackio_url,
-        comet_url=comet_url,
         trl_version=version("trl"),
         trl_var_version=version("trl-var"),
         transformers_version=version("transformers"),
@@ -305,11 +317,11 @@ def build_model_card(
         tags.append(f"trackio:{trackio_url}")
     if results is None:
         results = next((path for name in RESULTS_FILES if (path := Path(args.output_dir, name)).is_file()), None)
-    wandb_run = None
+    wandb_url = None
     if is_wandb_available():
         import wandb
 
-        wandb_run = wandb.run
+        wandb_url = wandb.run.url if wandb.run is not None else None
     return generate_model_card(
         args,
         trainer.model.config,
@@ -324,7 +336,7 @@ def build_model_card(
         results=results,
         trainer_name=trainer._name,
         paper=trainer._paper,
-        wandb_url=wandb_run.url if wandb_run is not None else None,
+        wandb_url=wandb_url,
         trackio_url=trackio_url,
         comet_url=get_comet_experiment_url(),
     )
@@ -348,6 +360,25 @@ def load_results(path: str | os.PathLike) -> dict[str, Any] | str:
     return json.loads(text) if path.suffix == ".json" else text
 
 
+def _method(args: "VARGRPOConfig", prefix_scales: int | None) -> str:
+    """What the training was, in words: GRPO on multi-scale rollouts, with the components that were on."""
+    vmr = prefix_scales > 0 if prefix_scales is not None else args.vmr_prefix_scales != 0
+    components = [
+        name
+        for name, on in (
+            ("Value as Middle Return (VMR)", vmr),
+            ("Per-Action Normalization Weighting (PANW)", args.panw_alpha > 0),
+            ("Mask Propagation (MP)", args.mask_propagation),
+        )
+        if on
+    ]
+    if not components:
+        return "plain GRPO on whole images (VMR, PANW and MP off)"
+    if len(components) > 1:
+        components = [", ".join(components[:-1]), components[-1]]
+    return "GRPO on multi-scale rollouts, with " + " and ".join(components)
+
+
 def _config_table(args: "VARGRPOConfig", prefix_scales: int | None) -> str:
     rows = []
     for name in METHOD_FIELDS + GRPO_FIELDS:
@@ -361,13 +392,11 @@ def _config_table(args: "VARGRPOConfig", prefix_scales: int | None) -> str:
     return _markdown_table(["parameter", "value"], rows)
 
 
-def _decoding_table(rollouts: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> str:
-    if evaluation is None:
+def _decoding_table(rollouts: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
+    """The decoding settings of the training rollouts and, when known, of the evaluation (blank: not recorded)."""
+    if not evaluation:
         return _markdown_table(["", "training rollouts"], [(f"`{k}`", f"`{v}`") for k, v in rollouts.items()])
-    rows = [
-        (f"`{name}`", f"`{rollouts[name]}`", f"`{evaluation[name]}`" if name in evaluation else "")
-        for name in DECODING_FIELDS
-    ]
+    rows = [(f"`{k}`", f"`{v}`", f"`{evaluation[k]}`" if k in evaluation else "") for k, v in rollouts.items()]
     return _markdown_table(["", "training rollouts", "evaluation"], rows)
 
 
@@ -395,15 +424,19 @@ def _format(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _hub_repo_id(name: str | None) -> str | None:
-    """`name` if it can be a Hub repository id and is not a local path, else `None`."""
+def _is_hub_repo_id(name: str | None) -> bool:
+    """Whether `name` can be a Hub repository id and is not a local path."""
     if not name or os.path.exists(name):
-        return None
+        return False
     try:
         validate_repo_id(name)
     except HFValidationError:
-        return None
-    return name
+        return False
+    return True
+
+
+def _dataset_link(name: str | None) -> str | None:
+    return f"[{name}](https://huggingface.co/datasets/{name})" if _is_hub_repo_id(name) else name
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

@@ -195,6 +195,29 @@ class VARGRPOConfig(GRPOConfig):
             raise ValueError(f"`top_k` must be >= 0 (0 disables top-k filtering), got {self.top_k}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.eval_guidance_scale is not None and self.eval_guidance_scale <= 0:
+            raise ValueError(f"`eval_guidance_scale` must be > 0, got {self.eval_guidance_scale}.")
+        if self.eval_top_k is not None and self.eval_top_k < 0:
+            raise ValueError(f"`eval_top_k` must be >= 0, got {self.eval_top_k}.")
+        if self.eval_top_p is not None and not 0 < self.eval_top_p <= 1:
+            raise ValueError(f"`eval_top_p` must be in (0, 1], got {self.eval_top_p}.")
+        # GRPOConfig options that do not apply to image rollouts: refuse them rather than ignore them silently
+        unsupported = {
+            "use_vllm": self.use_vllm,
+            "pad_to_multiple_of": self.pad_to_multiple_of is not None,
+            "mask_truncated_completions": self.mask_truncated_completions,
+            "generation_kwargs": self.generation_kwargs is not None,
+            "min_p": self.min_p is not None,
+            "repetition_penalty": self.repetition_penalty != 1.0,
+            # the loss weights (PANW x MP) ride in the completion mask, which TRL's entropy mask would misread
+            "top_entropy_quantile": self.top_entropy_quantile < 1.0,
+        }
+        refused = [name for name, is_set in unsupported.items() if is_set]
+        if refused:
+            raise ValueError(
+                f"{refused} do not apply to VAR image rollouts (every image has the same number of tokens, sampled "
+                "scale by scale by the model's own `generate`); leave them at their defaults."
+            )
         if self.vmr_prefix_scales is not None and self.vmr_prefix_scales < 0:
             raise ValueError(
                 f"`vmr_prefix_scales` must be >= 0 (0 turns VMR off, None follows the paper), got "

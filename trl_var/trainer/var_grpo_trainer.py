@@ -5,12 +5,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoModel, PreTrainedModel, TrainerCallback
 from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
-from trl.models.utils import unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
+from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from ..models.pipeline_var import images_to_pil
@@ -116,13 +118,13 @@ class VARGRPOTrainer(GRPOTrainer):
             logger.warning(f"{type(model).__name__} does not support gradient checkpointing: turning it off.")
             args.gradient_checkpointing = False
 
-        # TRL builds the reference model from `config._name_or_path`; ours is a frozen copy of the initial policy.
-        # Both must be made before TRL patches the policy's forward.
-        ref_model = None
-        if args.beta != 0.0 and peft_config is None:
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # TRL builds the reference model from `config._name_or_path`; ours is a frozen copy of the initial policy,
+        # made before TRL patches the policy's forward. With PEFT, TRL's adapter-disabled reference is kept.
+        own_reference = args.beta != 0.0 and peft_config is None and not is_peft_model(model)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if own_reference else None
         beta, sync_ref_model = args.beta, args.sync_ref_model
-        args.beta, args.sync_ref_model = 0.0, False
+        if own_reference:
+            args.beta, args.sync_ref_model = 0.0, False  # hide them from TRL's reference loading
         try:
             super().__init__(
                 model=model,
@@ -137,26 +139,16 @@ class VARGRPOTrainer(GRPOTrainer):
             )
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref_model
-        self.beta = beta
-        if ref_model is not None:
+        if own_reference:
+            self.beta = beta
             if self.is_deepspeed_enabled:
-                from trl.models.utils import prepare_deepspeed
-
                 self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
             elif self.is_fsdp_enabled:
-                from trl.models.utils import prepare_fsdp
-
                 self.ref_model = prepare_fsdp(ref_model, self.accelerator)
             else:
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        if sync_ref_model:
-            if beta == 0.0:
-                raise ValueError(
-                    "`sync_ref_model=True` needs `beta > 0`: with `beta=0.0` there is no reference model."
-                )
-            from trl.trainer.callbacks import SyncRefModelCallback
-
-            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+            if sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
 
         policy = self.accelerator.unwrap_model(self.model)
         self.scale_schedule = policy.scale_schedule
@@ -167,6 +159,13 @@ class VARGRPOTrainer(GRPOTrainer):
 
         # The paper's three components
         self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
+        local_batch = args.per_device_train_batch_size * args.steps_per_generation
+        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix" and local_batch % self.num_generations:
+            raise ValueError(
+                f"vmr_suffix_grouping='shared_prefix' needs whole groups on every process, but "
+                f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
+                f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
+            )
         self.num_prefix_tokens = sum(h * w for h, w in self.scale_schedule[: self.prefix_scales])
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
         self.token_scale_index = policy.image_scale_index.cpu()
@@ -199,10 +198,19 @@ class VARGRPOTrainer(GRPOTrainer):
         return requested
 
     def _current_stage(self) -> str:
-        """`"prefix"` or `"suffix"` (VMR, by optimizer update), or `"full"` (VMR off, or evaluation)."""
+        """
+        `"prefix"` or `"suffix"` (VMR), or `"full"` (VMR off, or evaluation). The alternation counts generation
+        rounds: one optimizer update each by default; when a round serves several updates (`num_iterations` or
+        `steps_per_generation` above `gradient_accumulation_steps`) all of them have the round's stage, and the
+        3:1 ratio of updates holds. Derived from `global_step`, so a resumed run continues the cycle.
+        """
         if self.prefix_scales == 0 or not self.model.training:
             return "full"
-        return vmr_stage(self.state.global_step, self.args.vmr_prefix_updates, self.args.vmr_suffix_updates)
+        updates_per_round = max(
+            self.num_iterations * self.args.steps_per_generation // self.args.gradient_accumulation_steps, 1
+        )
+        round_index = self.state.global_step // updates_per_round
+        return vmr_stage(round_index, self.args.vmr_prefix_updates, self.args.vmr_suffix_updates)
 
     # ------------------------------------------------------------------ rollouts
 
@@ -232,9 +240,12 @@ class VARGRPOTrainer(GRPOTrainer):
             "top_p": self.top_p,
         }
         if mode == "eval":  # evaluation may decode differently from the training rollouts
-            for name in ("guidance_scale", "top_k", "top_p"):
-                if getattr(self.args, f"eval_{name}") is not None:
-                    sampling[name] = getattr(self.args, f"eval_{name}")
+            evaluation = {
+                "guidance_scale": self.args.eval_guidance_scale,
+                "top_k": self.args.eval_top_k,
+                "top_p": self.args.eval_top_p,
+            }
+            sampling.update({name: value for name, value in evaluation.items() if value is not None})
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -308,9 +319,10 @@ class VARGRPOTrainer(GRPOTrainer):
             return rewards
         # Prefix update: score the K continuations of every prefix, and reward the prefix with their soft value.
         num = self.args.vmr_num_continuations
-        repeat = lambda rows: [row for row in rows for _ in range(num)]  # noqa: E731
         images = [image for continuations in completions for image in continuations]
-        rewards = super()._calculate_rewards(repeat(inputs), repeat(prompts), images, self._continuation_ids)
+        rewards = super()._calculate_rewards(
+            _repeat_rows(inputs, num), _repeat_rows(prompts, num), images, self._continuation_ids
+        )
         self._rollout_masks = self._region_masks(images, continuations=num)
         per_prefix = rewards.view(-1, num, rewards.shape[1])  # gathered rows are (process, prompt row, continuation)
         values = soft_value(per_prefix.transpose(1, 2), self.args.vmr_eta)  # per reward function, see the class doc
@@ -324,7 +336,8 @@ class VARGRPOTrainer(GRPOTrainer):
     def _log_image_statistics(self, images: torch.Tensor, stage: str, mode: str):
         """Reward-hacking monitor: statistics the reward does not measure, averaged over processes."""
         # in a prefix round the images are the K continuations of each rollout; a group is then K * G images
-        group_size = self.num_generations * (self.args.vmr_num_continuations if stage == "prefix" else 1)
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        group_size = num_generations * (self.args.vmr_num_continuations if stage == "prefix" else 1)
         stats = image_statistics(images, group_size)
         values = self.accelerator.reduce(torch.tensor(list(stats.values()), device=images.device), "mean")
         for name, value in zip(stats, values.tolist(), strict=True):
@@ -426,6 +439,7 @@ class VARGRPOTrainer(GRPOTrainer):
                 logits = model(
                     input_ids=text_ids[rows], image_ids=image_ids[rows], attention_mask=text_mask[rows]
                 ).logits
+            logits = logits.float()  # a bf16 log-softmax over the codebook would bias thousands of tokens per image
             if compute_entropy:  # the loss's pass
                 logps, entropies = selective_log_softmax_and_entropy(
                     logits, image_ids[rows], temperature=self.temperature
@@ -440,7 +454,13 @@ class VARGRPOTrainer(GRPOTrainer):
             agreement = logprob_agreement(
                 self._sampled_logps, logps, self.token_scale_index[: logps.shape[1]], len(self.scale_schedule)
             )
-            for name, value in agreement.items():
+            values = torch.tensor(list(agreement.values()), device=logps.device)
+            worst = self.accelerator.reduce(values, "max")  # max_abs_diff: the worst process
+            mean = self.accelerator.reduce(values, "mean")
+            for (name, _), worst_value, mean_value in zip(
+                agreement.items(), worst.tolist(), mean.tolist(), strict=True
+            ):
+                value = worst_value if name == "max_abs_diff" else mean_value
                 self._metrics["train"][f"logprob_agreement/{name}"].append(value)
             self._sampled_logps = None
         return logps, entropies, None
@@ -479,6 +499,10 @@ class VARGRPOTrainer(GRPOTrainer):
                 callback._wandb.log({"samples": callback._wandb.Image(grid, caption=caption)}, step=step)
             elif isinstance(callback, TrackioCallback) and callback._initialized:
                 callback._trackio.log({"samples": callback._trackio.Image(grid, caption=caption)}, step=step)
+
+
+def _repeat_rows(rows: list, times: int) -> list:
+    return [row for row in rows for _ in range(times)]
 
 
 def _check_prompt_dataset(dataset, name: str):

@@ -1,0 +1,369 @@
+"""
+Text-rendering evaluation of a [`VARPipeline`] on a dataset of prompts with target texts (CVTG-2K, or any such
+dataset): sample one image per prompt, read it with Tesseract, score it with the benchmark's metrics and aggregate the
+paper's table (Word Accuracy, NED and CLIPScore per number of text regions, and overall).
+
+The evaluation is resumable: every finished sample is appended to `samples.jsonl` in the output folder (its image to
+`images/`), and a rerun with the same settings skips the samples found there, so a crash loses no finished sample.
+`recipes/evaluate_text_render.py` is the command-line front end.
+"""
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import evaluate
+import numpy as np
+import PIL.Image
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from .data.cvtg import _looks_like_local_path
+from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, score_words
+from .models import VARPipeline
+from .rewards.ocr import OCRWord, check_tesseract, read_text
+from .visualization import make_image_grid
+
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+CONFIG_FILE = "evaluation_config.json"
+RESULTS_JSON = "results.json"
+RESULTS_MARKDOWN = "results.md"
+GRID_FILE = "samples.png"
+IMAGES_DIR = "images"
+
+# The identifying columns of a row copied into its record, when the dataset has them (CVTG-2K has both).
+_ID_COLUMNS = ("subset", "index")
+
+
+def load_pipeline(
+    model_name_or_path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> VARPipeline:
+    """
+    Loads a [`VARPipeline`] (model and tokenizer) from a local folder or a Hub id, with an error that says where it
+    looked when neither has it.
+
+    Args:
+        model_name_or_path (`str` or `os.PathLike`): folder or Hub id saved with `VARPipeline.save_pretrained` (or a
+            trainer's `save_model`).
+        device (`str` or `torch.device`, *optional*): defaults to `"cuda"` when available, else `"cpu"`.
+        dtype (`torch.dtype`, *optional*): the model's dtype, e.g. `torch.bfloat16` on GPUs; defaults to float32.
+
+    Returns:
+        [`VARPipeline`]: in eval mode, on `device`.
+    """
+    path = os.fspath(model_name_or_path)
+    if not os.path.isdir(path) and _looks_like_local_path(path):
+        raise FileNotFoundError(f"No model folder at {path!r} (resolved to {os.path.abspath(path)}).")
+    try:
+        pipeline = VARPipeline.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    except (OSError, ValueError) as error:
+        where = f"the folder {os.path.abspath(path)}" if os.path.isdir(path) else f"the Hub repository {path!r}"
+        raise FileNotFoundError(
+            f"Could not load a VAR model and tokenizer from {where} ({type(error).__name__}: {error})."
+        ) from error
+    return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def evaluate_text_rendering(
+    pipeline: VARPipeline,
+    dataset: Dataset,
+    output_dir: str | os.PathLike,
+    *,
+    num_samples: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    guidance_scale: float = 5.0,
+    guidance_schedule: str = "constant",
+    top_k: int = 2,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    ocr_psm: int = 11,
+    ocr_upscale: int | None = None,
+    clip_model: str | None = None,
+    num_grid_images: int = 16,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """
+    Samples one image per prompt, reads it with Tesseract and scores it; writes `samples.jsonl`, `images/`,
+    `results.json`, `results.md` and `samples.png` (a grid of the first samples with their word accuracy) to
+    `output_dir`. Resumes from `samples.jsonl` when `output_dir` holds an earlier run with the same settings.
+
+    Images are sampled in fixed blocks of `batch_size` rows, block `k` with the seed `(seed, k)`, so a resumed run
+    draws the same images as an uninterrupted one (a block interrupted halfway is sampled again in full). OCR runs in
+    a thread pool (one tesseract process per image) while the next block is sampled.
+
+    Args:
+        pipeline ([`VARPipeline`]):
+            The model and tokenizer.
+        dataset (`datasets.Dataset`):
+            Rows with `prompt`, `targets` (`list[str]`) and `num_regions`, as [`~trl_var.data.load_cvtg2k`] and
+            [`~trl_var.data.load_prompt_dataset`] return them.
+        output_dir (`str` or `os.PathLike`):
+            Where the results go, and where an earlier run is resumed from.
+        num_samples (`int`, *optional*):
+            Evaluate a random subset of this many rows (drawn with `seed`, kept in dataset order). Default: all rows.
+        batch_size (`int`, *optional*, defaults to 8):
+            Images sampled per forward pass. Part of the seeding: change it and the images change.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the subset and of the sampling.
+        guidance_scale, guidance_schedule, top_k, top_p, temperature:
+            Sampling, see [`VARPipeline.__call__`]. The defaults are the paper's evaluation: 5, constant, 2, 0.9, 1.0.
+        ocr_psm (`int`, *optional*, defaults to 11):
+            Tesseract page segmentation mode: 11 (sparse text) finds the scattered text regions of CVTG-2K images; 7
+            (one text line) suits images of a single word.
+        ocr_upscale (`int`, *optional*):
+            Upscaling before OCR. Default: enough to bring the short side to about 256 px (4x for 64 px images, which
+            Tesseract reads best at 4x, none for 1024 px images).
+        clip_model (`str`, *optional*):
+            `CLIPModel` folder or Hub id for CLIPScore (the benchmark's is `openai/clip-vit-large-patch14`). If `None`,
+            CLIPScore is skipped and its column left empty.
+        num_grid_images (`int`, *optional*, defaults to 16):
+            Samples shown in `samples.png` (0: no grid).
+        num_workers (`int`, *optional*):
+            Tesseract processes run at once. Defaults to `os.cpu_count()`.
+
+    Returns:
+        `dict`: The content of `results.json`: `rows` maps each number of regions (as a string) and `"average"` to
+        `num_samples`, `num_words`, `word_accuracy`, `ned` and `clip_score` (`None` when skipped), plus the `config`.
+    """
+    missing = [column for column in ("prompt", "targets", "num_regions") if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The dataset lacks the column(s) {missing}; columns: {dataset.column_names}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: nothing to evaluate.")
+    check_tesseract()
+
+    rows = list(range(len(dataset)))
+    if num_samples is not None and num_samples < len(dataset):
+        rows = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_samples].tolist())
+    config = {
+        "model": pipeline.model.config._name_or_path,
+        "num_rows": len(dataset),
+        "num_samples": len(rows),
+        "batch_size": batch_size,
+        "seed": seed,
+        "guidance_scale": guidance_scale,
+        "guidance_schedule": guidance_schedule,
+        "top_k": top_k,
+        "top_p": top_p,
+        "temperature": temperature,
+        "ocr_psm": ocr_psm,
+        "ocr_upscale": ocr_upscale,
+        "clip_model": clip_model,
+    }
+    os.makedirs(os.path.join(output_dir, IMAGES_DIR), exist_ok=True)
+    _check_or_write_config(output_dir, config)
+    prompts = dataset["prompt"]
+    records = _read_records(os.path.join(output_dir, SAMPLES_FILE), prompts)
+    if records:
+        logger.warning(f"Resuming: {len(records)} of {len(rows)} samples already done in {output_dir}.")
+
+    clip_metric = evaluate.load(CLIP_SCORE, keep_in_memory=True) if clip_model is not None else None
+    blocks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    progress = tqdm(total=len(rows), initial=len(records), desc="Evaluating", unit="image")
+    with (
+        ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool,
+        open(os.path.join(output_dir, SAMPLES_FILE), "a", encoding="utf-8") as samples_file,
+    ):
+        pending = None  # the previous block, whose OCR runs while this one is sampled
+        for block_number, block in enumerate(blocks):
+            todo = [row for row in block if row not in records]
+            if not todo:
+                continue
+            images = _sample_block(
+                pipeline,
+                [prompts[row] for row in block],
+                seed=(seed, block_number),
+                guidance_scale=guidance_scale,
+                guidance_schedule=guidance_schedule,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+            )
+            images = {row: image for row, image in zip(block, images, strict=True) if row in todo}
+            paths = {row: os.path.join(IMAGES_DIR, f"{row:06d}.png") for row in todo}
+            for row in todo:
+                images[row].save(os.path.join(output_dir, paths[row]))
+            clip_scores = dict.fromkeys(todo)
+            if clip_metric is not None:
+                scores = clip_metric.compute(
+                    predictions=[os.path.join(output_dir, paths[row]) for row in todo],
+                    references=[prompts[row] for row in todo],
+                    model_name_or_path=clip_model,
+                    device=str(pipeline.device),
+                )["clip_scores"]
+                clip_scores = dict(zip(todo, scores, strict=True))
+            upscale = ocr_upscale or max(1, round(256 / min(next(iter(images.values())).size)))
+            reads = {row: pool.submit(read_text, images[row], upscale=upscale, psm=ocr_psm) for row in todo}
+            if pending is not None:
+                _write_records(samples_file, dataset, *pending, records, progress)
+            pending = (todo, paths, reads, clip_scores)
+        if pending is not None:
+            _write_records(samples_file, dataset, *pending, records, progress)
+    progress.close()
+
+    ordered = [records[row] for row in rows]
+    results = {"rows": aggregate_results(ordered), "config": config}
+    with open(os.path.join(output_dir, RESULTS_JSON), "w", encoding="utf-8") as file:
+        json.dump(results, file, indent=2)
+    with open(os.path.join(output_dir, RESULTS_MARKDOWN), "w", encoding="utf-8") as file:
+        file.write(format_results_table(results) + "\n")
+    if num_grid_images > 0:
+        shown = ordered[:num_grid_images]
+        grid = make_image_grid(
+            [PIL.Image.open(os.path.join(output_dir, record["image"])) for record in shown],
+            [f"acc {record['word_accuracy']:.2f}: {record['prompt']}" for record in shown],
+            cell_size=256,
+            caption_lines=4,
+        )
+        grid.save(os.path.join(output_dir, GRID_FILE))
+    return results
+
+
+def _sample_block(
+    pipeline: VARPipeline, prompts: list[str], seed: tuple[int, int], **sampling
+) -> list[PIL.Image.Image]:
+    # One generator per block, seeded by (seed, block number): the images of a block do not depend on what ran before.
+    block_seed = int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
+    generator = torch.Generator(device=pipeline.device).manual_seed(block_seed)
+    return pipeline(prompts, generator=generator, batch_size=len(prompts), **sampling).images
+
+
+def _write_records(
+    samples_file,
+    dataset: Dataset,
+    todo: list[int],
+    paths: dict[int, str],
+    reads: dict[int, Future],
+    clip_scores: dict[int, float | None],
+    records: dict[int, dict[str, Any]],
+    progress: tqdm,
+) -> None:
+    """Appends one finished sample per line, flushed at once, so that a crash loses no finished sample."""
+    for row in todo:
+        words: list[OCRWord] = reads[row].result()
+        example = dataset[row]
+        scores = score_words([word.text for word in words], example["targets"])
+        record = {
+            "row": row,
+            **{column: example[column] for column in _ID_COLUMNS if column in example},
+            "prompt": example["prompt"],
+            "targets": example["targets"],
+            "num_regions": example["num_regions"],
+            "image": paths[row],
+            "ocr_words": [word.text for word in words],
+            "word_accuracy": scores.word_accuracy,
+            "ned": scores.ned,
+            "clip_score": clip_scores[row],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        samples_file.write(json.dumps(record) + "\n")
+        samples_file.flush()
+        records[row] = record
+        progress.update(1)
+
+
+def _check_or_write_config(output_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as file:
+            previous = json.load(file)
+        changed = {key: (previous.get(key), value) for key, value in config.items() if previous.get(key) != value}
+        if changed:
+            details = ", ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
+            raise ValueError(
+                f"{output_dir} holds an evaluation with other settings ({details}); its samples cannot be reused. "
+                f"Use another output directory, or delete this one to start over."
+            )
+        return
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(config, file, indent=2)
+
+
+def _read_records(path: str, prompts: list[str]) -> dict[int, dict[str, Any]]:
+    """The finished samples of an earlier run, by dataset row. A last line cut short by a crash is dropped."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as file:
+        content = file.read()
+    if content and not content.endswith(b"\n"):
+        # The previous run stopped while writing this line: cut it, so that the next record starts a line of its own.
+        content = content[: content.rfind(b"\n") + 1]
+        with open(path, "wb") as file:
+            file.write(content)
+        logger.warning(f"Dropped an incomplete last line of {path} (the previous run stopped while writing it).")
+    records = {}
+    for number, line in enumerate(content.decode("utf-8").splitlines(), start=1):
+        record = json.loads(line)
+        row = record["row"]
+        if row >= len(prompts) or prompts[row] != record["prompt"]:
+            raise ValueError(
+                f"{path}, line {number}: row {row} has the prompt {record['prompt']!r}, which is not the dataset's "
+                f"prompt of that row. The output directory belongs to another dataset; use another one."
+            )
+        records[row] = record
+    return records
+
+
+def aggregate_results(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """
+    The table of the paper from per-sample records: one row per number of text regions (ascending) and an `"average"`
+    row that pools all samples, as the CVTG-2K evaluation does (Word Accuracy and NED pool target words, CLIPScore
+    averages images; the average is therefore not the mean of the other rows).
+
+    Args:
+        records (`Iterable[dict]`): per sample, `num_regions`, `targets`, `ocr_words` and `clip_score` (or `None`).
+
+    Returns:
+        `dict[str, dict]`: for each number of regions (as a string) and `"average"`: `num_samples`, `num_words`,
+        `word_accuracy`, `ned` and `clip_score` (`None` unless every sample of the row has one).
+    """
+    records = list(records)
+    groups = defaultdict(list)
+    for record in records:
+        groups[str(record["num_regions"])].append(record)
+    groups = {key: groups[key] for key in sorted(groups, key=int)}
+    groups["average"] = records
+
+    word_accuracy = evaluate.load(WORD_ACCURACY, keep_in_memory=True)
+    ned = evaluate.load(NED, keep_in_memory=True)
+    table = {}
+    for key, group in groups.items():
+        predictions = [record["ocr_words"] for record in group]
+        references = [record["targets"] for record in group]
+        accuracy = word_accuracy.compute(predictions=predictions, references=references)
+        clip_scores = [record["clip_score"] for record in group]
+        table[key] = {
+            "num_samples": len(group),
+            "num_words": accuracy["num_words"],
+            "word_accuracy": accuracy["word_accuracy"],
+            "ned": ned.compute(predictions=predictions, references=references)["ned"],
+            "clip_score": None if None in clip_scores else sum(clip_scores) / len(clip_scores),
+        }
+    return table
+
+
+def format_results_table(results: dict[str, Any]) -> str:
+    """
+    The results as a markdown table like the paper's (rows: number of text regions, then the average; columns: Word
+    Acc, NED, CLIPScore), with a line saying when CLIPScore was skipped.
+    """
+    lines = ["| regions | images | words | Word Acc | NED | CLIPScore |", "|---|---|---|---|---|---|"]
+    for key, row in results["rows"].items():
+        clip = "-" if row["clip_score"] is None else f"{row['clip_score']:.4f}"
+        lines.append(
+            f"| {key} | {row['num_samples']} | {row['num_words']} | {row['word_accuracy']:.4f} | {row['ned']:.4f} "
+            f"| {clip} |"
+        )
+    if results["config"]["clip_model"] is None:
+        lines.append("\nCLIPScore skipped: no CLIP model given (`--clip_model`, e.g. openai/clip-vit-large-patch14).")
+    return "\n".join(lines)
