@@ -8,7 +8,7 @@ import torch
 from test_trainer import _args, _dataset, _model, brightness
 from trl import GRPOTrainer
 
-from trl_var import VARGRPOTrainer, propagate_mask, soft_value
+from trl_var import VARGRPOTrainer, panw_weights, propagate_mask, soft_value
 
 
 PAPER = dict(vmr_prefix_scales=None, panw_alpha=0.6, mask_propagation=True)
@@ -107,6 +107,29 @@ def test_stage_alternates_three_prefix_to_one_suffix_and_resumes_in_place(tmp_pa
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
     after = [log["vmr/prefix_update"] for log in resumed.state.log_history if log.get("step", 0) > 5 and "loss" in log]
     assert after == [1, 1, 0]
+
+
+def test_stage_alternation_counts_generation_rounds_when_a_round_serves_two_updates(tmp_path, char_tokenizer):
+    trainer = _trainer(tmp_path, char_tokenizer, max_steps=8, num_iterations=2, mask_propagation=False)
+    trainer.train()
+    stages = [log["vmr/prefix_update"] for log in trainer.state.log_history if "loss" in log]
+    assert stages == [1, 1, 1, 1, 1, 1, 0, 0]  # rounds P, P, P, S of two updates each
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+def test_panw_weights_reach_the_gradient_of_every_loss_type(tmp_path, char_tokenizer, loss_type):
+    trainer = _trainer(tmp_path, char_tokenizer, vmr_prefix_scales=0, mask_propagation=False, loss_type=loss_type)
+    inputs = trainer._generate_and_score_completions(_generation_batch())
+    inputs["advantages"] = torch.ones(8)
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()`, which this test does not run
+    logps = torch.zeros(8, 85, requires_grad=True)
+    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (logps, torch.zeros(8, 85), None)
+    trainer._compute_loss(trainer.model, inputs).backward()
+    # d(-ratio * A)/d logp = -A * weight / normalizer, with weights k_t rescaled so each row sums to its 85 tokens
+    k = panw_weights([(1, 1), (2, 2), (4, 4), (8, 8)], 0.6)[trainer.token_scale_index]
+    weights = k * 85 / k.sum()
+    normalizer = {"grpo": 85 * 8, "bnpo": 85 * 8, "dapo": 85 * 8, "dr_grpo": 8 * 85}[loss_type]
+    torch.testing.assert_close(logps.grad, (-weights / normalizer).expand(8, -1), atol=1e-7, rtol=1e-5)
 
 
 def test_panw_alpha_one_gives_every_scale_the_same_total_weight(tmp_path, char_tokenizer):

@@ -75,7 +75,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model, char_token
     assert torch.equal(first, second) and not torch.equal(first, third)
 
 
-def test_top_k_one_is_greedy_on_the_guided_logits(tiny_model, char_tokenizer):
+def test_top_k_one_is_greedy(tiny_model, char_tokenizer):
     input_ids, attention_mask = _prompts(char_tokenizer)
     out = tiny_model.generate(input_ids, attention_mask, top_k=1)
     logits = tiny_model(input_ids, out.image_ids, attention_mask).logits

@@ -53,26 +53,22 @@ def test_trainer_logs_image_statistics_and_sampled_logprobs_agree(tmp_path, char
 
 
 def test_eval_sampling_settings_are_separate_from_the_rollouts(tmp_path, char_tokenizer):
+    model = _model(char_tokenizer)
     seen = []
+    generate = model.generate
 
-    class Recorder(VARGRPOTrainer):
-        def _generate(self, prompts):
-            seen.append((self.model.training, self.args.eval_top_k if not self.model.training else self.top_k))
-            return super()._generate(prompts)
+    def spy(*args, **kwargs):
+        if "state" not in kwargs:
+            seen.append((model.training, kwargs["top_k"], kwargs["guidance_scale"]))
+        return generate(*args, **kwargs)
 
-    args = _args(
-        tmp_path, max_steps=1, top_k=3, eval_top_k=1, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=8
-    )
-    trainer = Recorder(
-        _model(char_tokenizer),
-        brightness,
-        args=args,
-        train_dataset=_dataset(),
-        eval_dataset=_dataset(8),
-        processing_class=char_tokenizer,
-    )
+    model.generate = spy
+    args = _args(tmp_path, max_steps=1, top_k=3, eval_top_k=1, eval_guidance_scale=2.0, eval_strategy="steps",
+                 eval_steps=1, per_device_eval_batch_size=8)
+    trainer = VARGRPOTrainer(model, brightness, args=args, train_dataset=_dataset(), eval_dataset=_dataset(8),
+                             processing_class=char_tokenizer)
     trainer.train()
-    assert (True, 3) in seen and (False, 1) in seen
+    assert (True, 3, 1.0) in seen and (False, 1, 2.0) in seen
     assert any("eval_reward" in log for log in trainer.state.log_history)
 
 

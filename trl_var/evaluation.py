@@ -6,6 +6,9 @@ paper's table (Word Accuracy, NED and CLIPScore per number of text regions, and 
 The evaluation is resumable: every finished sample is appended to `samples.jsonl` in the output folder (its image to
 `images/`), and a rerun with the same settings skips the samples found there, so a crash loses no finished sample.
 `recipes/evaluate_text_render.py` is the command-line front end.
+
+The OCR engine is Tesseract, where the benchmark uses PaddleOCR: compare models evaluated here with each other, not
+with the absolute numbers of the papers.
 """
 
 import json
@@ -15,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TextIO
 
 import evaluate
 import numpy as np
@@ -66,7 +69,10 @@ def load_pipeline(
     try:
         pipeline = VARPipeline.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError) as error:
-        where = f"the folder {os.path.abspath(path)}" if os.path.isdir(path) else f"the Hub repository {path!r}"
+        if os.path.isdir(path):
+            where = f"the folder {os.path.abspath(path)}"
+        else:
+            where = f"{path!r}: not a local folder ({os.path.abspath(path)}) nor a reachable or cached Hub repository"
         raise FileNotFoundError(
             f"Could not load a VAR model and tokenizer from {where} ({type(error).__name__}: {error})."
         ) from error
@@ -193,6 +199,8 @@ def evaluate_text_rendering(
             paths = {row: os.path.join(IMAGES_DIR, f"{row:06d}.png") for row in todo}
             for row in todo:
                 images[row].save(os.path.join(output_dir, paths[row]))
+            upscale = ocr_upscale or max(1, round(256 / min(images[todo[0]].size)))
+            reads = {row: pool.submit(read_text, images[row], upscale=upscale, psm=ocr_psm) for row in todo}
             clip_scores = dict.fromkeys(todo)
             if clip_metric is not None:
                 scores = clip_metric.compute(
@@ -202,8 +210,6 @@ def evaluate_text_rendering(
                     device=str(pipeline.device),
                 )["clip_scores"]
                 clip_scores = dict(zip(todo, scores, strict=True))
-            upscale = ocr_upscale or max(1, round(256 / min(next(iter(images.values())).size)))
-            reads = {row: pool.submit(read_text, images[row], upscale=upscale, psm=ocr_psm) for row in todo}
             if pending is not None:
                 _write_records(samples_file, dataset, *pending, records, progress)
             pending = (todo, paths, reads, clip_scores)
@@ -220,13 +226,18 @@ def evaluate_text_rendering(
     if num_grid_images > 0:
         shown = ordered[:num_grid_images]
         grid = make_image_grid(
-            [PIL.Image.open(os.path.join(output_dir, record["image"])) for record in shown],
+            [_open_image(os.path.join(output_dir, record["image"])) for record in shown],
             [f"acc {record['word_accuracy']:.2f}: {record['prompt']}" for record in shown],
             cell_size=256,
             caption_lines=4,
         )
         grid.save(os.path.join(output_dir, GRID_FILE))
     return results
+
+
+def _open_image(path: str) -> PIL.Image.Image:
+    with PIL.Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _sample_block(
@@ -239,7 +250,7 @@ def _sample_block(
 
 
 def _write_records(
-    samples_file,
+    samples_file: TextIO,
     dataset: Dataset,
     todo: list[int],
     paths: dict[int, str],

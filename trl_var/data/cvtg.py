@@ -225,7 +225,8 @@ def _parse_cvtg_file(content: bytes, subset: str, num_regions: int, name: str, f
     elif isinstance(data, list):
         items = data
     else:
-        raise ValueError(f"{name} has no top-level `data_list` (keys: {sorted(data)[:10]}); is it a CVTG-2K file?")
+        found = f"keys {sorted(data)[:10]}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ValueError(f"{name} has no top-level `data_list` ({found}); is it a CVTG-2K file?")
 
     rows = []
     skipped: dict[str, list[Any]] = {"missing fields": [], "empty prompt": [], "no quoted text": []}

@@ -2,8 +2,8 @@ r"""
 The metrics of CVTG-2K (TextCrafter, arXiv 2503.23461), on which "VAR RL Done Right" (arXiv 2601.02256, Table 1)
 reports Word Accuracy, NED and CLIPScore, as pure functions. The `evaluate` modules next to this file call them.
 
-How the benchmark computes them (TextCrafter's evaluation script, `unified_metrics_eval.py`; the papers only name the
-metrics), for one image with target words \\(g_1..g_N\\) and OCR-read words \\(P\\):
+How the benchmark computes them (TextCrafter's evaluation script `unified_metrics_eval.py`, PaddleOCR and CLIP
+ViT-L/14; the papers only name the metrics), for one image with target words \\(g_1..g_N\\) and OCR-read words \\(P\\):
 
 - words: the quoted spans of the prompt and the OCR text are lower-cased and split on whitespace; punctuation is kept
   (`'Team A vs. Team B'` has the target words `team`, `a`, `vs.`, `team`, `b`), so matching is case-insensitive and
@@ -24,9 +24,9 @@ in the benchmark, although the read with the smallest edit distance would be the
 and the reads `abd`, `xabcx`, difflib pairs `xabcx`: 0.6, not `abd`: 0.67).
 
 CLIPScore (Hessel et al., 2021, arXiv 2104.08718) is \\(w \cdot \max(\cos(E_I, E_T), 0)\\) with \\(w = 2.5\\) and the
-text `"A photo depicts " + prompt`, with CLIP ViT-L/14, as the benchmark computes it. The weight is what puts the
-papers' numbers near 0.8: ViT-L/14 gives cosine similarities around 0.32 for matching image-prompt pairs, and
-\\(2.5 \times 0.32 = 0.80\\) (the raw cosine, \\(w = 1\\), would read 0.32).
+text `"A photo depicts " + prompt` (truncated to CLIP's 77 tokens), with CLIP ViT-L/14, as the benchmark computes it.
+The weight is what puts the papers' numbers near 0.8: their 0.74-0.82 are cosines of 0.30-0.33 times 2.5, typical of
+ViT-L/14 for matching image-text pairs; the raw cosine (\\(w = 1\\)) would read about 0.3.
 """
 
 import difflib

@@ -222,11 +222,11 @@ class VARForImageGeneration(VARPreTrainedModel):
         key_valid = torch.ones(batch_size, key_blocks.numel(), dtype=torch.bool, device=text_mask.device)
         key_valid[:, :num_text] = text_mask.bool()
         allowed = (key_blocks[None, None, :] <= query_blocks[None, :, None]) & key_valid[:, None, :]
-        query_is_pad = query_blocks < num_text  # text queries only; then check the mask
-        if query_is_pad.any():
-            pad_rows = ~text_mask.bool()[:, query_blocks[query_is_pad]]  # (B, num text queries)
-            eye = query_blocks[query_is_pad, None] == key_blocks[None, :]  # the query's own key
-            allowed[:, query_is_pad] |= pad_rows[:, :, None] & eye[None]
+        is_text_query = query_blocks < num_text
+        if is_text_query.any():
+            is_pad_query = ~text_mask.bool()[:, query_blocks[is_text_query]]  # (B, num text queries)
+            own_key = query_blocks[is_text_query, None] == key_blocks[None, :]
+            allowed[:, is_text_query] |= is_pad_query[:, :, None] & own_key[None]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None]
@@ -399,12 +399,12 @@ class VARForImageGeneration(VARPreTrainedModel):
                 query_blocks = torch.cat([torch.arange(num_text, device=embeds.device), scale_blocks])
                 positions = torch.cat([self._text_positions(state.text_mask), positions], 1)
                 text_embeds = None
+                key_blocks = torch.cat([query_blocks[:num_text], num_text + self.image_scale_index[:end]])
+                mask = self._attention_mask(state.text_mask, query_blocks, key_blocks, embeds.dtype)
             else:
-                query_blocks = scale_blocks
-            key_blocks = torch.cat(
-                [torch.arange(num_text, device=embeds.device), num_text + self.image_scale_index[:end]]
-            )
-            mask = self._attention_mask(state.text_mask, query_blocks, key_blocks, embeds.dtype)
+                # Every cached key precedes scale t: only padding is masked, one row broadcast over the queries.
+                mask = embeds.new_zeros(embeds.shape[0], 1, 1, num_text + end)
+                mask[:, 0, 0, :num_text].masked_fill_(~state.text_mask.bool(), torch.finfo(embeds.dtype).min)
             hidden = self._backbone(embeds, mask, positions, cache=state.cache)[:, -(end - start) :]
             logits = self.image_head(hidden).float()
 
@@ -416,10 +416,10 @@ class VARForImageGeneration(VARPreTrainedModel):
                 sample_logits = logits[batch_size:] + scale * (cond_logits - logits[batch_size:])
             else:
                 sample_logits = cond_logits
-            sample_logits = _filter_logits(sample_logits / temperature, top_k, top_p)
-            probs = sample_logits.softmax(-1).reshape(-1, sample_logits.shape[-1])
-            ids = torch.multinomial(probs, 1, generator=generator).reshape(batch_size, end - start)
-            logprobs = (cond_logits / temperature).log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            ids = _sample(sample_logits / temperature, top_k, top_p, generator)
+            # log-prob of the conditional policy, without materializing a second full log-softmax
+            cond_logits = cond_logits / temperature
+            logprobs = cond_logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - cond_logits.logsumexp(-1)
 
             h, w = self.scale_schedule[t]
             state.f_hat = self.vqmodel.quantizer.add_scale(state.f_hat, ids.reshape(batch_size, h, w), t)
@@ -475,15 +475,20 @@ def _is_part_of(module: nn.Module, parent: nn.Module | None) -> bool:
     return parent is not None and any(module is child for child in parent.modules())
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
-    """Set to -inf the logits outside the top-k and outside the nucleus of mass `top_p` (always keeping the best)."""
+def _sample(logits: torch.Tensor, top_k: int | None, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """
+    Sample one token per position from `logits` `(..., V)` restricted to the top-k, then to the nucleus of mass
+    `top_p` of what is left (always keeping the best). With top-k, only the `k` candidates are sorted and softmaxed,
+    not the codebook (16k entries at NextFlow's 4,096 positions of the last scale).
+    """
     if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        values, candidates = logits.topk(top_k, dim=-1)  # sorted, best first
+    else:
+        values, candidates = logits.sort(dim=-1, descending=True)
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
-        remove[..., 0] = False
-        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
-    return logits
+        probs = values.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p
+        outside[..., 0] = False
+        values = values.masked_fill(outside, float("-inf"))
+    choice = torch.multinomial(values.softmax(-1).flatten(0, -2), 1, generator=generator)
+    return candidates.gather(-1, choice.view(*values.shape[:-1], 1)).squeeze(-1)

@@ -175,7 +175,7 @@ class VARGRPOTrainer(GRPOTrainer):
                 "mask_propagation=True, but no reward function provides regions (a `last_regions` attribute, as "
                 "OCRReward has): the loss is not gated."
             )
-        self._rollout_stage = "full"
+        self._rollout_stage = self._train_round_stage = "full"
         self._sampled_logps = None
         self._images_logged_at = -1
 
@@ -217,6 +217,8 @@ class VARGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         # A generation round belongs to the VMR stage of the optimizer update it starts at.
         self._rollout_stage = self._current_stage()
+        if self.model.training:  # the stage of the buffered round, for the per-update metric
+            self._train_round_stage = self._rollout_stage
         output = super()._generate_and_score_completions(inputs)
         weights = self._token_weights(*output["completion_ids"].shape, self._rollout_masks)
         output["completion_mask"] = weights.to(output["completion_mask"].device)
@@ -289,8 +291,6 @@ class VARGRPOTrainer(GRPOTrainer):
         if mode == "train":
             self.state.num_input_tokens_seen += self.accelerator.gather(num_tokens).sum().item()
         self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
-        if stage != "full":
-            self._metrics[mode]["vmr/prefix_update"].append(float(stage == "prefix"))
         # tool_mask, extra_fields, images (these would be *prompt* images for TRL), tool_images
         return prompt_ids, rollout_ids.tolist(), None, completions, rollout_logprobs.tolist(), {}, None, []
 
@@ -414,6 +414,8 @@ class VARGRPOTrainer(GRPOTrainer):
         generate_every = self.args.steps_per_generation * self.num_iterations
         fresh = self.model.training and self._step % generate_every < self.current_gradient_accumulation_steps
         self._sampled_logps = inputs.get("sampling_per_token_logps") if fresh else None
+        if self.model.training and self._train_round_stage != "full":
+            self._metrics["train"]["vmr/prefix_update"].append(float(self._train_round_stage == "prefix"))
         return super()._compute_loss(model, inputs)
 
     def _get_per_token_logps_and_entropies(
