@@ -212,3 +212,8 @@ def test_missing_tesseract_binary_raises_with_install_command(monkeypatch):
         check_tesseract()
     with pytest.raises(RuntimeError, match="apt-get install -y tesseract-ocr"):
         OCRReward()
+
+
+def test_read_text_upscales_small_images_by_default(cat):
+    # the default brings the shorter side to 256 px: 4x for a 64 px render, the same read as an explicit 4x
+    assert read_text(cat[0]) == read_text(cat[0], upscale=4)

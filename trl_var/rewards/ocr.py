@@ -175,7 +175,7 @@ def _single_threaded_tesseract() -> Iterator[None]:
 
 
 def read_text(
-    image: Image.Image, *, upscale: int = 4, psm: int = 7, lang: str = "eng", timeout: float = 0
+    image: Image.Image, *, upscale: int | None = None, psm: int = 7, lang: str = "eng", timeout: float = 0
 ) -> list[OCRWord]:
     """
     Reads the words of an image with one Tesseract call.
@@ -183,9 +183,11 @@ def read_text(
     Args:
         image (`PIL.Image.Image`):
             The image to read.
-        upscale (`int`, *optional*, defaults to `4`):
+        upscale (`int`, *optional*):
             Bicubic upscaling factor applied before OCR, which Tesseract needs on small renders: 3-letter words
-            rendered at 22 px in 64x64 images read exactly 91% of the time as is, 94% at 2x, 97% at 4x.
+            rendered at 22 px in 64x64 images read exactly 91% of the time as is, 94% at 2x, 97% at 4x. Default:
+            enough to bring the shorter side to 256 px (4 for 64 px images, 1 from 256 px up, so a 1024 px image is
+            not read at 4096 px).
         psm (`int`, *optional*, defaults to `7`):
             Tesseract page segmentation mode. 7 treats the image as a single text line, the right prior for short
             rendered words; use 11 (sparse text) for scattered text regions.
@@ -199,6 +201,8 @@ def read_text(
     """
     image = image.convert("RGB")
     width, height = image.size
+    if upscale is None:
+        upscale = max(1, round(256 / min(width, height)))
     if upscale != 1:
         image = image.resize((width * upscale, height * upscale), Image.Resampling.BICUBIC)
     with _single_threaded_tesseract():
@@ -273,8 +277,8 @@ class OCRReward:
             `'a sign that says "OPEN"'`).
         penalty (`float`, *optional*, defaults to `0.6`):
             Weight of the character-bag penalty in [`score_ocr`].
-        upscale (`int`, *optional*, defaults to `4`):
-            Bicubic upscaling factor before OCR, see [`read_text`].
+        upscale (`int`, *optional*):
+            Bicubic upscaling factor before OCR; default: by image size, see [`read_text`].
         psm (`int`, *optional*, defaults to `7`):
             Tesseract page segmentation mode, see [`read_text`].
         num_workers (`int` or `None`, *optional*, defaults to `None`):
@@ -311,7 +315,7 @@ class OCRReward:
         self,
         target_column: str | None = None,
         penalty: float = 0.6,
-        upscale: int = 4,
+        upscale: int | None = None,
         psm: int = 7,
         num_workers: int | None = None,
         timeout: float = 30,

@@ -15,7 +15,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import is_wandb_available
-from transformers.utils import logging
 from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
 
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from .var_grpo_config import VARGRPOConfig
     from .var_grpo_trainer import VARGRPOTrainer
 
-
-logger = logging.get_logger(__name__)
 
 # Always on the card, besides the trainer's `_tag_names`: the Hub lists the model under these.
 CARD_TAGS = ("trl", "trl-var", "var-grpo", "text-to-image")
@@ -128,7 +125,8 @@ those of the conditional policy, without guidance or filtering, with logits divi
 {% if results_table %}
 ## Evaluation
 
-{% if results_dataset %}On {{ results_dataset }}:
+{% if evaluated_by_trl_var %}Text rendering, by `trl_var.evaluation.evaluate_text_rendering` (Tesseract OCR: \
+compare with models evaluated the same way), with the decoding settings above:
 
 {% endif %}{{ results_table }}
 {% endif %}
@@ -203,7 +201,8 @@ def generate_model_card(
         global_step (`int`, *optional*, defaults to `0`):
             Optimizer steps trained (`0`: not written).
         results (`dict`, `str` or `os.PathLike`, *optional*):
-            The evaluation: a `results.json` / `results.md` path or a dict with the schema of [`load_results`].
+            The evaluation: the content of a `results.json` of [`~trl_var.evaluation.evaluate_text_rendering`],
+            or the path of that file or of any markdown table (`results.md`), which is put on the card as it is.
         trainer_name (`str`, *optional*, defaults to `"VAR-GRPO"`):
             The method's name.
         paper (`dict`, *optional*):
@@ -229,9 +228,9 @@ def generate_model_card(
 
     if isinstance(results, (str, os.PathLike)):
         results = load_results(results)
-    evaluation = results if isinstance(results, Mapping) else {}
+    eval_config = results["config"] if isinstance(results, Mapping) else {}
     rollout_decoding = {name: getattr(args, name) for name in DECODING_FIELDS}
-    eval_decoding = {name: value for name, value in evaluation.get("sampling", {}).items() if name in DECODING_FIELDS}
+    eval_decoding = {name: eval_config[name] for name in DECODING_FIELDS if name in eval_config}
     badges = [
         BADGES[name].format(url=url)
         for name, url in (("wandb", wandb_url), ("trackio", trackio_url), ("comet", comet_url))
@@ -267,7 +266,7 @@ def generate_model_card(
         config_table=_config_table(args, prefix_scales),
         decoding_table=_decoding_table(rollout_decoding, eval_decoding),
         results_table=_results_table(results),
-        results_dataset=_dataset_link(evaluation.get("dataset")),
+        evaluated_by_trl_var=isinstance(results, Mapping),
         trainer_name=trainer_name,
         trainer_citation=paper.get("citation"),
         paper_title=paper.get("title"),
@@ -299,8 +298,8 @@ def build_model_card(
         dataset_name (`str`, *optional*): the training prompts (Hub id, path or description).
         tags (`str` or `Sequence[str]`, *optional*): more tags, besides the trainer's `_tag_names`.
         results (`dict`, `str` or `os.PathLike`, *optional*):
-            The evaluation (see [`load_results`]). Defaults to `results.json`, else `results.md`, in `output_dir`,
-            where the evaluation recipe writes them.
+            The evaluation (see [`generate_model_card`]). Defaults to `results.json`, else `results.md`, in
+            `output_dir`, where `recipes/evaluate_text_render.py --output_dir` writes them.
     """
     args = trainer.args
     hub_model_id = trainer.hub_model_id or args.hub_model_id
@@ -344,16 +343,9 @@ def build_model_card(
 
 def load_results(path: str | os.PathLike) -> dict[str, Any] | str:
     """
-    The evaluation results written by the evaluation recipe: `results.md` is a markdown table, put on the card as it
-    is; `results.json` is a dict:
-
-    ```python
-    {
-        "dataset": "dnkdnk/CVTG-2K",  # optional: what was evaluated
-        "sampling": {"guidance_scale": 5.0, "top_k": 2, "top_p": 0.9},  # optional: the decoding settings
-        "metrics": {"word_accuracy": 0.78, "ned": 0.91},  # or one such dict per row: {"CVTG-2K/2": {...}, ...}
-    }
-    ```
+    Evaluation results for the card: a `results.json` of [`~trl_var.evaluation.evaluate_text_rendering`] (`rows`, the
+    table, and `config`, with the decoding settings) as a dict, or any other file (a markdown table such as
+    `results.md`) as its text.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -403,25 +395,15 @@ def _decoding_table(rollouts: Mapping[str, Any], evaluation: Mapping[str, Any]) 
 def _results_table(results: Mapping[str, Any] | str | None) -> str | None:
     if results is None or isinstance(results, str):
         return results.strip() if results else None
-    metrics = results.get("metrics")
-    if not isinstance(metrics, Mapping) or not metrics:
-        logger.warning(f"The evaluation results have no 'metrics' table ({sorted(results)}): the card has none.")
-        return None
-    if all(isinstance(row, Mapping) for row in metrics.values()):  # one row per entry
-        columns = list(dict.fromkeys(column for row in metrics.values() for column in row))
-        rows = [(name, *(_format(row.get(column, "")) for column in columns)) for name, row in metrics.items()]
-        return _markdown_table(["", *columns], rows)
-    return _markdown_table(list(metrics), [tuple(_format(value) for value in metrics.values())])
+    from ..evaluation import format_results_table  # only with results: it imports the OCR and metrics stack
+
+    return format_results_table(results)
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _format(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _is_hub_repo_id(name: str | None) -> bool:

@@ -313,6 +313,15 @@ class VARGRPOTrainer(GRPOTrainer):
         return leaders.to(device), group_of_row.to(device)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = self._score(inputs, prompts, completions, completion_ids_list)
+        # TRL next gathers `completions` to every process for the sample log: send thumbnails, not 1024px images
+        for i, completion in enumerate(completions):
+            completions[i] = (
+                [_thumbnail(c) for c in completion] if isinstance(completion, list) else _thumbnail(completion)
+            )
+        return rewards
+
+    def _score(self, inputs, prompts, completions, completion_ids_list):
         if self._rollout_stage != "prefix":
             rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             self._rollout_masks = self._region_masks(completions, continuations=1)
@@ -501,6 +510,14 @@ class VARGRPOTrainer(GRPOTrainer):
                 callback._wandb.log({"samples": callback._wandb.Image(grid, caption=caption)}, step=step)
             elif isinstance(callback, TrackioCallback) and callback._initialized:
                 callback._trackio.log({"samples": callback._trackio.Image(grid, caption=caption)}, step=step)
+
+
+def _thumbnail(image, size: int = 256):
+    if max(image.size) <= size:
+        return image
+    thumbnail = image.copy()
+    thumbnail.thumbnail((size, size))
+    return thumbnail
 
 
 def _repeat_rows(rows: list, times: int) -> list:
