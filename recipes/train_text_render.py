@@ -158,12 +158,9 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
             f"Model saved to {training_args.output_dir}; samples in {path}."
         )
     if training_args.push_to_hub:
-        # The model is already saved locally: a failed push loses nothing.
-        try:
-            trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        except Exception as error:  # network or auth problems must not hide that the run itself succeeded
-            logger.error(f"Pushing to the Hub failed ({error}); the model is saved in {training_args.output_dir}.")
-            raise
+        # `trainer.save_model` pushed the model already (transformers does when `push_to_hub` is set); this push adds
+        # the dataset to the model card and before_after.png. A failed push says where the model is saved.
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
 if __name__ == "__main__":

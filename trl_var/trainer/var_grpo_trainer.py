@@ -18,6 +18,7 @@ from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_e
 from ..models.pipeline_var import images_to_pil
 from ..visualization import make_image_grid
 from .credit import panw_weights, propagate_mask, quarter_resolution_prefix, rasterize_regions, soft_value, vmr_stage
+from .model_card import build_model_card
 from .monitoring import image_statistics, logprob_agreement
 from .var_grpo_config import VARGRPOConfig
 
@@ -510,6 +511,61 @@ class VARGRPOTrainer(GRPOTrainer):
                 callback._wandb.log({"samples": callback._wandb.Image(grid, caption=caption)}, step=step)
             elif isinstance(callback, TrackioCallback) and callback._initialized:
                 callback._trackio.log({"samples": callback._trackio.Image(grid, caption=caption)}, step=step)
+
+    # ------------------------------------------------------------------ Hub
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        results: dict | str | os.PathLike | None = None,
+    ) -> None:
+        """
+        Write the model card, `README.md` in `output_dir`, which `push_to_hub` uploads with the model: TRL's card for a
+        text-to-image VAR model, with the training configuration, the decoding settings and the evaluation (`results`:
+        a dict or a `results.json` / `results.md` path; by default those files in `output_dir`). See
+        [`~trl_var.trainer.model_card.build_model_card`].
+        """
+        if self.is_world_process_zero():
+            card = build_model_card(self, model_name, dataset_name, tags, results)
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """
+        Upload the model (with its image tokenizer), the text tokenizer and the model card to `args.hub_model_id`;
+        `kwargs` (`dataset_name`, `results`, ...) go to `create_model_card`.
+
+        What differs from [`~transformers.Trainer.push_to_hub`]: a failed push leaves the model saved in `output_dir`
+        (the Trainer creates the repository before it saves) and its error says where the model is and how to upload
+        it again.
+        """
+        try:
+            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+        except Exception as error:
+            if self.hub_model_id is None and self.is_world_process_zero():
+                # The repository could not be created, before anything was saved
+                self.save_model(_internal_call=True)
+                self.create_model_card(**kwargs)
+            repo_id = (
+                self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            )
+            message = (
+                f"Pushing to the Hub repository {repo_id!r} failed ({type(error).__name__}: {error}). The model is "
+                f"saved in {self.args.output_dir}: upload it with `trainer.push_to_hub()` again, or with "
+                f"`hf upload {repo_id} {self.args.output_dir} --exclude 'checkpoint-*'`."
+            )
+            logger.error(message)
+            error.add_note(message)
+            raise
 
 
 def _thumbnail(image, size: int = 256):
