@@ -63,10 +63,24 @@ def test_eval_sampling_settings_are_separate_from_the_rollouts(tmp_path, char_to
         return generate(*args, **kwargs)
 
     model.generate = spy
-    args = _args(tmp_path, max_steps=1, top_k=3, eval_top_k=1, eval_guidance_scale=2.0, eval_strategy="steps",
-                 eval_steps=1, per_device_eval_batch_size=8)
-    trainer = VARGRPOTrainer(model, brightness, args=args, train_dataset=_dataset(), eval_dataset=_dataset(8),
-                             processing_class=char_tokenizer)
+    args = _args(
+        tmp_path,
+        max_steps=1,
+        top_k=3,
+        eval_top_k=1,
+        eval_guidance_scale=2.0,
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_eval_batch_size=8,
+    )
+    trainer = VARGRPOTrainer(
+        model,
+        brightness,
+        args=args,
+        train_dataset=_dataset(),
+        eval_dataset=_dataset(8),
+        processing_class=char_tokenizer,
+    )
     trainer.train()
     assert (True, 3, 1.0) in seen and (False, 1, 2.0) in seen
     assert any("eval_reward" in log for log in trainer.state.log_history)

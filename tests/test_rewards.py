@@ -217,3 +217,9 @@ def test_missing_tesseract_binary_raises_with_install_command(monkeypatch):
 def test_read_text_upscales_small_images_by_default(cat):
     # the default brings the shorter side to 256 px: 4x for a 64 px render, the same read as an explicit 4x
     assert read_text(cat[0]) == read_text(cat[0], upscale=4)
+
+
+def test_ocr_reward_reads_cvtg_single_quoted_targets(cat):
+    # CVTG-2K quotes with single quotes ("a sign that says 'CAT'"); apostrophes are not quotes
+    reward = OCRReward(num_workers=1)
+    assert reward(prompts=["a cat's sign that says 'CAT'"], completions=[cat[0]])[0] > 1.5

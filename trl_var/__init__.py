@@ -1,6 +1,7 @@
 """trl-var: GRPO for visual autoregressive (next-scale prediction) image generators, with the additions of
 "VAR RL Done Right" (arXiv 2601.02256). Importing the package registers `VARConfig` / `VARForImageGeneration` with
-transformers' `AutoConfig` / `AutoModel`."""
+transformers' `AutoConfig` / `AutoModel`. The trainer (and TRL, ~6 s to import) loads on first use, so inference and
+evaluation start faster."""
 
 __version__ = "0.1.0.dev0"
 
@@ -13,7 +14,18 @@ from .models import (
     build_char_tokenizer,
     nextflow_7b_config,
 )
-from .trainer import VARGRPOConfig, VARGRPOTrainer, panw_weights, propagate_mask, soft_value
+from .trainer.credit import panw_weights, propagate_mask, soft_value
+
+
+_TRAINER_NAMES = ("VARGRPOConfig", "VARGRPOTrainer")
+
+
+def __getattr__(name):
+    if name in _TRAINER_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'trl_var' has no attribute {name!r}")
 
 
 __all__ = [

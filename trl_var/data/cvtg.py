@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from datasets import Dataset, load_dataset, load_from_disk
 
-from ..rewards.ocr import extract_quoted_text
+from ..rewards.ocr import extract_quoted_spans
 
 
 logger = logging.getLogger(__name__)
@@ -25,37 +25,8 @@ CVTG2K_REPO_ID = "dnkdnk/CVTG-2K"
 CVTG2K_SUBSETS = ("CVTG", "CVTG-style")
 CVTG2K_REGION_COUNTS = (2, 3, 4, 5)
 
-# A straight single quote opens a span only where no letter or digit precedes it and closes it only where none
-# follows, so that apostrophes ("a car's door with 'EXIT'", "'Don't Stop'") neither open nor close a span.
-_SINGLE_QUOTED_SPAN = re.compile(r"(?<!\w)'(.+?)'(?!\w)")
 _CVTG_FILE = re.compile(r"^(\d+)(_combined)?\.json$")
 _DATA_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def extract_quoted_spans(prompt: str) -> list[str]:
-    """
-    The texts a prompt asks to render: its double-quoted spans (see [`~trl_var.rewards.extract_quoted_text`]) or, when
-    it has none, its single-quoted spans, which is how CVTG-2K quotes (`a sign that says 'READ'`).
-
-    A single quote between two letters is an apostrophe, not a quote: `a car's door with 'Exit Here'` gives
-    `['Exit Here']` and `'Don't Stop'` gives `["Don't Stop"]`. (TextCrafter's evaluation script uses the plain regex
-    `'(.*?)'`, which splits such prompts at the apostrophe.)
-
-    Example:
-
-    ```python
-    >>> from trl_var.data import extract_quoted_spans
-
-    >>> extract_quoted_spans("A bookstore with a sign that says 'READ'. A cup with the word 'Good Morning'.")
-    ['READ', 'Good Morning']
-    >>> extract_quoted_spans('a sign that says "OPEN"')
-    ['OPEN']
-    ```
-    """
-    spans = extract_quoted_text(prompt)
-    if spans:
-        return spans
-    return [span.strip() for span in _SINGLE_QUOTED_SPAN.findall(prompt) if span.strip()]
 
 
 def load_cvtg2k(

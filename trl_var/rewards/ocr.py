@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # What TRL passes to reward functions besides the dataset columns (left out of error messages listing the columns).
 _TRL_REWARD_KWARGS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
 
+# A straight single quote opens a span only where no letter or digit precedes it and closes it only where none
+# follows, so that apostrophes ("a car's door with 'EXIT'", "'Don't Stop'") neither open nor close a span.
+_SINGLE_QUOTED_SPAN = re.compile(r"(?<!\w)'(.+?)'(?!\w)")
+
 # Straight and curly double quotes; a span may not cross a quote of either kind.
 _QUOTED_SPAN = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d]*)[\"\u201c\u201d]")
 
@@ -250,6 +254,32 @@ def extract_quoted_text(prompt: str) -> list[str]:
     return [span.strip() for span in _QUOTED_SPAN.findall(prompt) if span.strip()]
 
 
+def extract_quoted_spans(prompt: str) -> list[str]:
+    """
+    The texts a prompt asks to render: its double-quoted spans (see [`~trl_var.rewards.extract_quoted_text`]) or, when
+    it has none, its single-quoted spans, which is how CVTG-2K quotes (`a sign that says 'READ'`).
+
+    A single quote between two letters is an apostrophe, not a quote: `a car's door with 'Exit Here'` gives
+    `['Exit Here']` and `'Don't Stop'` gives `["Don't Stop"]`. (TextCrafter's evaluation script uses the plain regex
+    `'(.*?)'`, which splits such prompts at the apostrophe.)
+
+    Example:
+
+    ```python
+    >>> from trl_var.rewards import extract_quoted_spans
+
+    >>> extract_quoted_spans("A bookstore with a sign that says 'READ'. A cup with the word 'Good Morning'.")
+    ['READ', 'Good Morning']
+    >>> extract_quoted_spans('a sign that says "OPEN"')
+    ['OPEN']
+    ```
+    """
+    spans = extract_quoted_text(prompt)
+    if spans:
+        return spans
+    return [span.strip() for span in _SINGLE_QUOTED_SPAN.findall(prompt) if span.strip()]
+
+
 def check_tesseract() -> None:
     """
     Raises a `RuntimeError` with the install command if the `tesseract` binary cannot be found.
@@ -354,7 +384,7 @@ class OCRReward:
 
         targets = []
         for prompt in prompts:
-            words = [word for span in extract_quoted_text(prompt) for word in span.split()]
+            words = [word for span in extract_quoted_spans(prompt) for word in span.split()]
             if not words:
                 raise ValueError(
                     f"OCRReward found no double-quoted text in the prompt {prompt!r}. Quote the text to render in "

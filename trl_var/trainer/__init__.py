@@ -1,3 +1,14 @@
 from .credit import panw_weights, propagate_mask, soft_value
-from .var_grpo_config import VARGRPOConfig
-from .var_grpo_trainer import VARGRPOTrainer
+
+
+def __getattr__(name):
+    # TRL takes seconds to import: load it when the trainer is first asked for
+    if name == "VARGRPOConfig":
+        from .var_grpo_config import VARGRPOConfig
+
+        return VARGRPOConfig
+    if name == "VARGRPOTrainer":
+        from .var_grpo_trainer import VARGRPOTrainer
+
+        return VARGRPOTrainer
+    raise AttributeError(f"module 'trl_var.trainer' has no attribute {name!r}")
