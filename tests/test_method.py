@@ -84,9 +84,17 @@ def test_prefix_update_rewards_each_prefix_with_the_soft_value_of_its_continuati
     assert trainer._metrics["train"]["vmr/value"][-1] == pytest.approx(values.mean().item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("grouping", ["shared_prefix", "independent"])
-def test_suffix_update_trains_only_suffix_tokens(tmp_path, char_tokenizer, grouping):
-    trainer = _trainer(tmp_path, char_tokenizer, mask_propagation=False, vmr_suffix_grouping=grouping)
+@pytest.mark.parametrize(
+    ("grouping", "rollout_batch_size"), [("shared_prefix", None), ("shared_prefix", 4), ("independent", 2)]
+)
+def test_suffix_update_trains_only_suffix_tokens(tmp_path, char_tokenizer, grouping, rollout_batch_size):
+    trainer = _trainer(
+        tmp_path,
+        char_tokenizer,
+        mask_propagation=False,
+        vmr_suffix_grouping=grouping,
+        rollout_batch_size=rollout_batch_size,
+    )
     trainer.state.global_step = 3  # the fourth update of the 3:1 cycle: a suffix update
     output = trainer._generate_and_score_completions(_generation_batch())
     ids, weights = output["completion_ids"], output["completion_mask"]
@@ -95,6 +103,28 @@ def test_suffix_update_trains_only_suffix_tokens(tmp_path, char_tokenizer, group
     prefixes = ids[:, :PREFIX_TOKENS].view(2, 4, PREFIX_TOKENS)
     shared = all(torch.equal(group[0], row) for group in prefixes for row in group)
     assert shared == (grouping == "shared_prefix")
+
+
+def test_prefix_round_sampled_in_chunks(tmp_path, char_tokenizer):
+    spy = SpyReward()
+    trainer = _trainer(
+        tmp_path,
+        char_tokenizer,
+        reward=spy,
+        mask_propagation=False,
+        rollout_batch_size=3,
+        vmr_suffix_grouping="independent",
+    )
+    trainer.state.global_step = 0
+    output = trainer._generate_and_score_completions(_generation_batch())
+    assert output["completion_ids"].shape == (8, PREFIX_TOKENS)
+    continuations = torch.tensor(spy.calls[0]["completion_ids"])
+    assert torch.equal(continuations[:, :PREFIX_TOKENS], output["completion_ids"].repeat_interleave(2, 0))
+
+
+def test_shared_prefix_chunks_must_hold_whole_groups(tmp_path, char_tokenizer):
+    with pytest.raises(ValueError, match=r"rollout_batch_size = 3 is not a multiple of num_generations = 4"):
+        _trainer(tmp_path, char_tokenizer, rollout_batch_size=3)
 
 
 def test_stage_alternates_three_prefix_to_one_suffix_and_resumes_in_place(tmp_path, char_tokenizer):

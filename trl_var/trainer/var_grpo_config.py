@@ -32,6 +32,11 @@ class VARGRPOConfig(GRPOConfig):
         top_p (`float`, *optional*, defaults to `0.9`):
             Nucleus filtering of the rollouts. The paper samples with top-p 0.9.
 
+        rollout_batch_size (`int`, *optional*):
+            Rows sampled (and decoded) per `generate` call; `None` samples a process's whole generation batch at once.
+            Lower it when sampling runs out of memory: a prefix round holds `K` continuations per row, twice with
+            guidance, in the KV cache (see `benchmarks/plan_nextflow.py`). With `vmr_suffix_grouping="shared_prefix"`
+            it must be a multiple of `num_generations`.
         eval_guidance_scale (`float`, *optional*):
             Guidance of the images sampled in evaluation (`eval_strategy`); `None` uses `guidance_scale`.
         eval_top_k (`int`, *optional*):
@@ -119,6 +124,12 @@ class VARGRPOConfig(GRPOConfig):
         default=0.9,
         metadata={"help": "Nucleus (top-p) filtering of the rollouts. The paper samples with top-p 0.9."},
     )
+    rollout_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows sampled per generate call (None: all at once); lower it if sampling runs out of memory."
+        },
+    )
     eval_guidance_scale: float | None = field(
         default=None, metadata={"help": "Guidance of evaluation sampling; None: the same as the rollouts."}
     )
@@ -195,6 +206,10 @@ class VARGRPOConfig(GRPOConfig):
             raise ValueError(f"`top_k` must be >= 0 (0 disables top-k filtering), got {self.top_k}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
+            raise ValueError(
+                f"`rollout_batch_size` must be >= 1 (or None: all rows at once), got {self.rollout_batch_size}."
+            )
         if self.eval_guidance_scale is not None and self.eval_guidance_scale <= 0:
             raise ValueError(f"`eval_guidance_scale` must be > 0, got {self.eval_guidance_scale}.")
         if self.eval_top_k is not None and self.eval_top_k < 0:

@@ -161,12 +161,17 @@ class VARGRPOTrainer(GRPOTrainer):
         # The paper's three components
         self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
         local_batch = args.per_device_train_batch_size * args.steps_per_generation
-        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix" and local_batch % self.num_generations:
-            raise ValueError(
-                f"vmr_suffix_grouping='shared_prefix' needs whole groups on every process, but "
-                f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
-                f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
-            )
+        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix":
+            for name, rows in (
+                ("per_device_train_batch_size * steps_per_generation", local_batch),
+                ("rollout_batch_size", args.rollout_batch_size or local_batch),
+            ):
+                if rows % self.num_generations:
+                    raise ValueError(
+                        f"vmr_suffix_grouping='shared_prefix' needs whole groups in every sampling call, but {name} = "
+                        f"{rows} is not a multiple of num_generations = {self.num_generations}. Change it, or use "
+                        "vmr_suffix_grouping='independent'."
+                    )
         self.num_prefix_tokens = sum(h * w for h, w in self.scale_schedule[: self.prefix_scales])
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
         self.token_scale_index = policy.image_scale_index.cpu()
@@ -231,10 +236,6 @@ class VARGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
         stage = self._rollout_stage
-        text = self.processing_class(
-            text=prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
-        ).to(device)
-        input_ids, attention_mask = text["input_ids"], text["attention_mask"]
         sampling = {
             "guidance_scale": self.args.guidance_scale,
             "guidance_schedule": self.args.guidance_schedule,
@@ -249,6 +250,8 @@ class VARGRPOTrainer(GRPOTrainer):
                 "top_p": self.args.eval_top_p,
             }
             sampling.update({name: value for name, value in evaluation.items() if value is not None})
+        chunk = self.args.rollout_batch_size or len(prompts)
+        prompt_ids, rollout_ids, rollout_logprobs, full_ids, decoded = [], [], [], [], []
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -259,52 +262,76 @@ class VARGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
             self.accelerator.autocast(),
         ):
-            if stage == "prefix":
-                # K continuations of every prefix, from its KV cache: their rewards estimate the prefix's value.
-                prefix = unwrapped_model.generate(input_ids, attention_mask, num_scales=self.prefix_scales, **sampling)
-                state = prefix.state.repeat_interleave_(self.args.vmr_num_continuations)
-                full = unwrapped_model.generate(state=state, **sampling)
-                rollout_ids, rollout_logprobs = prefix.image_ids, prefix.logprobs
-            elif stage == "suffix" and self.args.vmr_suffix_grouping == "shared_prefix":
-                # The images of a prompt continue one shared prefix: the middle state of the suffix problem.
-                leaders, group_of_row = self._local_groups(prompts, device)
-                prefix = unwrapped_model.generate(
-                    input_ids[leaders], attention_mask[leaders], num_scales=self.prefix_scales, **sampling
-                )
-                full = unwrapped_model.generate(state=prefix.state.select_rows_(group_of_row), **sampling)
-                rollout_ids, rollout_logprobs = full.image_ids, full.logprobs
-            else:
-                full = unwrapped_model.generate(input_ids, attention_mask, **sampling)
-                rollout_ids, rollout_logprobs = full.image_ids, full.logprobs
-            decoded = unwrapped_model.decode_image_tokens(full.image_ids)
+            for start in range(0, len(prompts), chunk):
+                text = self.processing_class(
+                    text=prompts[start : start + chunk],
+                    padding=True,
+                    padding_side="left",
+                    add_special_tokens=False,
+                    return_tensors="pt",
+                ).to(device)
+                ids, logprobs, full = self._sample(unwrapped_model, text, prompts, start, stage, sampling)
+                prompt_ids += [
+                    row[mask.bool()].tolist() for row, mask in zip(text["input_ids"], text["attention_mask"])
+                ]
+                rollout_ids += ids.tolist()
+                rollout_logprobs += logprobs.tolist()
+                full_ids.append(full)
+                decoded.append(unwrapped_model.decode_image_tokens(full))
+        full_ids, decoded = torch.cat(full_ids), torch.cat(decoded)
         images = images_to_pil(decoded)
         self._log_image_statistics(decoded, stage, mode)
 
         if stage == "prefix":
             num = self.args.vmr_num_continuations
             completions = [images[i * num : (i + 1) * num] for i in range(len(prompts))]
-            self._continuation_ids = full.image_ids.tolist()
+            self._continuation_ids = full_ids.tolist()
         else:
             completions = images
-        prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
 
-        num_tokens = torch.tensor([attention_mask.sum() + full.image_ids.numel()], device=device)
+        num_tokens = torch.tensor([sum(map(len, prompt_ids)) + full_ids.numel()], device=device)
         if mode == "train":
             self.state.num_input_tokens_seen += self.accelerator.gather(num_tokens).sum().item()
         self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
         # tool_mask, extra_fields, images (these would be *prompt* images for TRL), tool_images
-        return prompt_ids, rollout_ids.tolist(), None, completions, rollout_logprobs.tolist(), {}, None, []
+        return prompt_ids, rollout_ids, None, completions, rollout_logprobs, {}, None, []
 
-    def _local_groups(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, model, text, prompts: list[str], start: int, stage: str, sampling: dict):
         """
-        The first row of every prompt group on this process, and the group (among those) of every row. TRL's sampler
-        puts the `num_generations` copies of a prompt in consecutive rows; a group cut by a process boundary gets
-        one prefix on each side.
+        Rollouts of one chunk of rows: the tokens and log-probs that are trained (the prefix in a prefix round, the
+        whole image otherwise) and the whole images' tokens to score (the K continuations in a prefix round).
         """
-        first_row = self.accelerator.process_index * len(prompts)
-        groups = (first_row + torch.arange(len(prompts))) // self.num_generations
+        input_ids, attention_mask = text["input_ids"], text["attention_mask"]
+        if stage == "prefix":
+            # K continuations of every prefix, from its KV cache: their rewards estimate the prefix's value.
+            prefix = model.generate(input_ids, attention_mask, num_scales=self.prefix_scales, **sampling)
+            full = model.generate(state=prefix.state.repeat_interleave_(self.args.vmr_num_continuations), **sampling)
+            return prefix.image_ids, prefix.logprobs, full.image_ids
+        if stage == "suffix" and self.args.vmr_suffix_grouping == "shared_prefix":
+            # The images of a prompt continue one shared prefix: the middle state of the suffix problem.
+            leaders, group_of_row = self._local_groups(prompts, start, input_ids.shape[0], input_ids.device)
+            prefix = model.generate(
+                input_ids[leaders], attention_mask[leaders], num_scales=self.prefix_scales, **sampling
+            )
+            full = model.generate(state=prefix.state.select_rows_(group_of_row), **sampling)
+            return full.image_ids, full.logprobs, full.image_ids
+        full = model.generate(input_ids, attention_mask, **sampling)
+        return full.image_ids, full.logprobs, full.image_ids
+
+    def _local_groups(
+        self, prompts: list[str], start: int, num_rows: int, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        For rows `start .. start + num_rows` of this process: the first row of every prompt group (relative to
+        `start`), and the group (among those) of every row. TRL's sampler puts the `num_generations` copies of a
+        prompt in consecutive rows; the trainer checks at construction that groups are whole on every process, and
+        `rollout_batch_size` must keep them whole within a chunk.
+        """
+        first_row = self.accelerator.process_index * len(prompts) + start
+        groups = (first_row + torch.arange(num_rows)) // self.num_generations
         _, group_of_row = torch.unique_consecutive(groups, return_inverse=True)
         leaders = torch.cat([torch.zeros(1, dtype=torch.long), (groups[1:] != groups[:-1]).nonzero().flatten() + 1])
+        prompts = prompts[start : start + num_rows]
         for row, group in enumerate(group_of_row.tolist()):
             if prompts[row] != prompts[leaders[group]]:
                 raise RuntimeError(
