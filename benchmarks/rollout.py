@@ -15,12 +15,17 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import torch
 
-from trl_var import VARConfig, VARForImageGeneration
+from trl_var import VARConfig, VARForImageGeneration, build_char_tokenizer
 from trl_var.models.configuration_var import NEXTFLOW_1024_SCALE_SIDES
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
+from train_text_render import tiny_text_render_model  # noqa: E402
 
 
 def nextflow_shaped(hidden_size=128, layers=4):
@@ -43,29 +48,6 @@ def nextflow_shaped(hidden_size=128, layers=4):
             "latent_channels": 8,
             "codebook_size": 1024,
             "scale_schedule": [[s, s] for s in sides],
-        },
-    )
-
-
-def tiny_recipe():
-    return VARConfig(
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": 128,
-            "intermediate_size": 384,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": 128,
-            "pad_token_id": 0,
-        },
-        vq_config={
-            "sample_size": 64,
-            "block_out_channels": [32, 64, 64, 64],
-            "norm_num_groups": 16,
-            "latent_channels": 16,
-            "codebook_size": 512,
-            "scale_schedule": [[s, s] for s in (1, 2, 3, 4, 6, 8)],
         },
     )
 
@@ -96,7 +78,7 @@ def recompute_rollout(model, input_ids, attention_mask):
 def measure(name, config, batch_size, repeats, num_continuations=2, prefix_scales=None):
     torch.manual_seed(0)
     model = VARForImageGeneration(config).eval()
-    input_ids = torch.randint(3, 128, (batch_size, 16))
+    input_ids = torch.randint(3, config.text_config.vocab_size, (batch_size, 16))
     mask = torch.ones_like(input_ids)
     tokens = model.generate(input_ids, mask).image_ids
     row = {"model": name, "scales": len(model.scale_schedule), "tokens": model.num_image_tokens, "batch": batch_size}
@@ -150,7 +132,7 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [
         measure("nextflow-shaped (18 scales, halved)", nextflow_shaped(), args.batch_size, args.repeats),
-        measure("tiny recipe (6 scales)", tiny_recipe(), 16, args.repeats),
+        measure("tiny recipe (6 scales)", tiny_text_render_model(build_char_tokenizer()).config, 16, args.repeats),
     ]
     columns = [
         ("model", "{:36}"),

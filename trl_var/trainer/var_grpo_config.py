@@ -33,10 +33,10 @@ class VARGRPOConfig(GRPOConfig):
             Nucleus filtering of the rollouts. The paper samples with top-p 0.9.
 
         rollout_batch_size (`int`, *optional*):
-            Rows sampled (and decoded) per `generate` call; `None` samples a process's whole generation batch at once.
-            Lower it when sampling runs out of memory: a prefix round holds `K` continuations per row, twice with
-            guidance, in the KV cache (see `benchmarks/plan_nextflow.py`). With `vmr_suffix_grouping="shared_prefix"`
-            it must be a multiple of `num_generations`.
+            Images sampled (and decoded) per `generate` call; `None` samples a process's whole generation batch at
+            once. Lower it when sampling runs out of memory (each image holds its KV cache, twice with guidance; see
+            `benchmarks/plan_nextflow.py`). A prefix round samples `rollout_batch_size // K` rollouts per call (K
+            continuations each); a shared-prefix suffix round samples whole groups (at least one).
         eval_guidance_scale (`float`, *optional*):
             Guidance of the images sampled in evaluation (`eval_strategy`); `None` uses `guidance_scale`.
         eval_top_k (`int`, *optional*):

@@ -161,17 +161,12 @@ class VARGRPOTrainer(GRPOTrainer):
         # The paper's three components
         self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
         local_batch = args.per_device_train_batch_size * args.steps_per_generation
-        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix":
-            for name, rows in (
-                ("per_device_train_batch_size * steps_per_generation", local_batch),
-                ("rollout_batch_size", args.rollout_batch_size or local_batch),
-            ):
-                if rows % self.num_generations:
-                    raise ValueError(
-                        f"vmr_suffix_grouping='shared_prefix' needs whole groups in every sampling call, but {name} = "
-                        f"{rows} is not a multiple of num_generations = {self.num_generations}. Change it, or use "
-                        "vmr_suffix_grouping='independent'."
-                    )
+        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix" and local_batch % self.num_generations:
+            raise ValueError(
+                f"vmr_suffix_grouping='shared_prefix' needs whole groups on every process, but "
+                f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
+                f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
+            )
         self.num_prefix_tokens = sum(h * w for h, w in self.scale_schedule[: self.prefix_scales])
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
         self.token_scale_index = policy.image_scale_index.cpu()
@@ -250,7 +245,7 @@ class VARGRPOTrainer(GRPOTrainer):
                 "top_p": self.args.eval_top_p,
             }
             sampling.update({name: value for name, value in evaluation.items() if value is not None})
-        chunk = self.args.rollout_batch_size or len(prompts)
+        chunk = self._rows_per_call(stage, len(prompts))
         prompt_ids, rollout_ids, rollout_logprobs, full_ids, decoded = [], [], [], [], []
         with (
             unwrap_model_for_generation(
@@ -296,6 +291,17 @@ class VARGRPOTrainer(GRPOTrainer):
         # tool_mask, extra_fields, images (these would be *prompt* images for TRL), tool_images
         return prompt_ids, rollout_ids, None, completions, rollout_logprobs, {}, None, []
 
+    def _rows_per_call(self, stage: str, num_rows: int) -> int:
+        """Rows per `generate` call so that each call samples at most `rollout_batch_size` images."""
+        images = self.args.rollout_batch_size
+        if images is None:
+            return num_rows
+        if stage == "prefix":  # every row is K images
+            return max(images // self.args.vmr_num_continuations, 1)
+        if stage == "suffix" and self.args.vmr_suffix_grouping == "shared_prefix":  # whole groups: one prefix each
+            return max(images // self.num_generations, 1) * self.num_generations
+        return images
+
     def _sample(self, model, text, prompts: list[str], start: int, stage: str, sampling: dict):
         """
         Rollouts of one chunk of rows: the tokens and log-probs that are trained (the prefix in a prefix round, the
@@ -325,7 +331,7 @@ class VARGRPOTrainer(GRPOTrainer):
         For rows `start .. start + num_rows` of this process: the first row of every prompt group (relative to
         `start`), and the group (among those) of every row. TRL's sampler puts the `num_generations` copies of a
         prompt in consecutive rows; the trainer checks at construction that groups are whole on every process, and
-        `rollout_batch_size` must keep them whole within a chunk.
+        `_rows_per_call` keeps them whole in every sampling call.
         """
         first_row = self.accelerator.process_index * len(prompts) + start
         groups = (first_row + torch.arange(num_rows)) // self.num_generations
