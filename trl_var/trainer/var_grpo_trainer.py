@@ -52,12 +52,15 @@ class VARGRPOTrainer(GRPOTrainer):
     - `_get_per_token_logps_and_entropies`: one teacher-forced pass over prompt + all scales;
     - with `beta > 0` the reference model is a frozen copy of the policy (TRL would reload it from
       `config._name_or_path`, which an in-memory model does not have);
-    - `log`: sample images with their prompts and rewards go to the trackers (`log_completions`).
+    - `log`: sample images with their prompts, rewards and advantages go to the trackers (`log_completions`), with
+      image statistics the reward does not measure; `_compute_loss` also checks that the log-probs recorded while
+      sampling match the recomputed ones;
+    - `create_model_card` / `push_to_hub`: a text-to-image model card, and a failed push keeps the local save.
 
     And the paper's three components, each switched by `VARGRPOConfig` alone:
 
     - Value as Middle Return (`vmr_*`): `_generate_and_score_completions` picks the stage of the round (3 prefix
-      updates, then 1 suffix update, counted in optimizer updates). A prefix round samples the first `m` scales
+      rounds, then 1 suffix round; a round is one optimizer update with the default batching). A prefix round samples the first `m` scales
       of every rollout, then `K` continuations from each prefix's KV cache; `_calculate_rewards` scores the `K`
       images and rewards the prefix with their soft value `eta * log(mean(exp(R_k / eta)))`, and only the prefix
       tokens are trained. A suffix round trains only the suffix tokens on the terminal reward; by default the images
@@ -82,8 +85,9 @@ class VARGRPOTrainer(GRPOTrainer):
         "title": "VAR RL Done Right: Tackling Asynchronous Policy Conflicts in Visual Autoregressive Generation",
         "id": "2601.02256",
         "citation": textwrap.dedent("""\
-            @inproceedings{varrl2026,
+            @inproceedings{sun2026varrl,
                 title        = {{VAR RL Done Right: Tackling Asynchronous Policy Conflicts in Visual Autoregressive Generation}},
+                author       = {Shikun Sun and Liao Qu and Huichao Zhang and Yiheng Liu and Yangyang Song and Xian Li and Xu Wang and Yi Jiang and Daniel K. Du and Xinglong Wu and Jia Jia},
                 booktitle    = {CVPR},
                 year         = 2026,
                 eprint       = {arXiv:2601.02256},
