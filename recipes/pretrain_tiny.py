@@ -22,6 +22,7 @@ import json
 import os
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 import trl_var
 from trl_var import MultiScaleVQModel, VARForImageGeneration
 from trl_var.data.render import RenderStyle, make_render_dataset
+from trl_var.models.pipeline_var import images_to_pil
+from trl_var.rewards import read_text
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +96,31 @@ def train_tokenizer(args, vq: MultiScaleVQModel) -> MultiScaleVQModel:
     return vq.eval().requires_grad_(False)
 
 
+def read_accuracy(images, words) -> float:
+    """Share of images whose Tesseract read is exactly their word (case-insensitive)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        reads = list(pool.map(read_text, images))
+    return sum(" ".join(w.text for w in read).upper() == word for read, word in zip(reads, words)) / len(words)
+
+
+def tokenizer_quality(vq: MultiScaleVQModel, num_images: int = 128, seed: int = 12345) -> dict:
+    """
+    The tokenizer's quality gate: Tesseract's word accuracy on reconstructions of fresh renders against its accuracy
+    on the renders themselves (the gate: a ratio of at least 0.85).
+    """
+    data = make_render_dataset(num_images, style=RenderStyle(), seed=seed)
+    words, renders = list(data["text"]), list(data["image"])
+    with torch.no_grad():
+        reconstructions = images_to_pil(vq.decode(vq.encode(to_tensor(renders))))
+    on_renders, on_reconstructions = read_accuracy(renders, words), read_accuracy(reconstructions, words)
+    return {
+        "renders": on_renders,
+        "reconstructions": on_reconstructions,
+        "ratio": on_reconstructions / max(on_renders, 1e-9),
+        "codes_used": int(torch.cat([g.flatten() for g in vq.encode(to_tensor(renders))]).unique().numel()),
+    }
+
+
 def prompt_gap(model, tokenizer, prompts, image_ids) -> float:
     """Cross-entropy per image token with an empty prompt minus with the true prompt (nats)."""
     text = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
@@ -149,6 +177,7 @@ def main():
     parser.add_argument("--var_lr", type=float, default=3e-4)
     parser.add_argument("--prompt_dropout", type=float, default=0.1, help="Share of empty prompts (for guidance).")
     parser.add_argument("--save_every", type=int, default=200)
+    parser.add_argument("--quality_images", type=int, default=128, help="Renders read for the tokenizer's gate.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -159,6 +188,10 @@ def main():
     if args.stage in ("all", "tokenizer"):
         vq = train_tokenizer(args, vq)
         vq.save_pretrained(os.path.join(args.output_dir, "tokenizer", "final"))
+        quality = tokenizer_quality(vq, args.quality_images)
+        with open(os.path.join(args.output_dir, "tokenizer", "quality.json"), "w") as f:
+            json.dump(quality, f, indent=2)
+        print(f"Tokenizer quality gate (Tesseract word accuracy): {quality}")
     else:
         vq = MultiScaleVQModel.from_pretrained(os.path.join(args.output_dir, "tokenizer", "final"))
     model.vqmodel.load_state_dict(vq.state_dict())

@@ -33,8 +33,10 @@ def _run(monkeypatch, *args):
 
 
 def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_path, monkeypatch, capsys):
-    common = ["--output_dir", str(tmp_path), "--batch_size", "4", "--save_every", "2"]
+    common = ["--output_dir", str(tmp_path), "--batch_size", "4", "--save_every", "2", "--quality_images", "8"]
     _run(monkeypatch, *common, "--tokenizer_steps", "2", "--var_steps", "2")
+    quality = json.load(open(tmp_path / "tokenizer" / "quality.json"))
+    assert quality["renders"] > 0.8 and 0 <= quality["reconstructions"] <= 1 and quality["codes_used"] >= 1
     model = AutoModel.from_pretrained(tmp_path / "model")
     assert isinstance(model, VARForImageGeneration)
     image = VARPipeline.from_pretrained(tmp_path / "model")('the word "ACE"', guidance_scale=1.0).images[0]
