@@ -192,3 +192,32 @@ def clip_score_from_embeddings(
     """
     cosine = F.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
     return weight * cosine.clamp(min=0)
+
+
+TEXTCRAFTER_CITATION = """\
+@article{du2025textcrafter,
+  title={TextCrafter: Accurately Rendering Multiple Texts in Complex Visual Scenes},
+  author={Du, Nikai and Chen, Zhennan and Chen, Zhizhou and Gao, Shan and Chen, Xi and Jiang, Zhengkai and Yang, Jian
+          and Tai, Ying},
+  journal={arXiv preprint arXiv:2503.23461},
+  year={2025}
+}
+"""
+
+
+def ocr_metric_info(description: str, inputs_description: str):
+    """The `evaluate.MetricInfo` shared by the OCR metrics: one OCR text (or word list) and target texts per image."""
+    import datasets
+    import evaluate
+
+    references = datasets.Sequence(datasets.Value("string"))
+    return evaluate.MetricInfo(
+        description=description,
+        citation=TEXTCRAFTER_CITATION,
+        inputs_description=inputs_description,
+        features=[
+            datasets.Features({"predictions": datasets.Value("string"), "references": references}),
+            datasets.Features({"predictions": datasets.Sequence(datasets.Value("string")), "references": references}),
+        ],
+        reference_urls=["https://arxiv.org/abs/2503.23461", "https://huggingface.co/datasets/dnkdnk/CVTG-2K"],
+    )

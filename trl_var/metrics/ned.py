@@ -7,22 +7,11 @@ NED of CVTG-2K (TextCrafter, arXiv 2503.23461) as an `evaluate` metric, loadable
     ned = evaluate.load(NED)
 """
 
-import datasets
 import evaluate
 
 # Absolute import: `evaluate.load` copies this file to its module cache before importing it.
-from trl_var.metrics.functional import score_words
+from trl_var.metrics.functional import ocr_metric_info, score_words
 
-
-_CITATION = """\
-@article{du2025textcrafter,
-  title={TextCrafter: Accurately Rendering Multiple Texts in Complex Visual Scenes},
-  author={Du, Nikai and Chen, Zhennan and Chen, Zhizhou and Gao, Shan and Chen, Xi and Jiang, Zhengkai and Yang, Jian
-          and Tai, Ying},
-  journal={arXiv preprint arXiv:2503.23461},
-  year={2025}
-}
-"""
 
 _DESCRIPTION = """\
 NED of the CVTG-2K text-rendering benchmark, a normalized edit *similarity* (higher is better): every target word
@@ -53,19 +42,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class NED(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        references = datasets.Sequence(datasets.Value("string"))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": references}),
-                datasets.Features(
-                    {"predictions": datasets.Sequence(datasets.Value("string")), "references": references}
-                ),
-            ],
-            reference_urls=["https://arxiv.org/abs/2503.23461", "https://huggingface.co/datasets/dnkdnk/CVTG-2K"],
-        )
+        return ocr_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions: list, references: list[list[str]]) -> dict:
         scores = [
