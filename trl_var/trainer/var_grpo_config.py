@@ -71,7 +71,10 @@ class VARGRPOConfig(GRPOConfig):
         panw_alpha (`float`, *optional*, defaults to `0.6`):
             Every token of scale `t` is weighted by `k_t = (h_t * w_t) ** (-alpha)` in the loss (policy and KL
             terms), with step-level normalization `sum_t k_t sum_ij m_tij l_tij / sum_t k_t sum_ij m_tij`. `0` gives
-            plain token-mean GRPO, `1` the same total weight to every scale; the paper recommends 0.6 - 0.8.
+            plain token-mean GRPO, `1` the same total weight to every scale; the paper recommends 0.6 - 0.8. That is
+            each rollout's loss exactly with `loss_type="grpo"`; with "dapo" / "bnpo" rollouts are then averaged
+            weighted by their number of trained tokens (which Mask Propagation makes differ). The metrics `entropy`,
+            `kl` and `clip_ratio/*` become weighted averages too.
 
         > Parameters of Mask Propagation (MP)
 
