@@ -171,7 +171,6 @@ class VARGRPOTrainer(GRPOTrainer):
                 f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
                 f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
             )
-        self.num_prefix_tokens = sum(h * w for h, w in self.scale_schedule[: self.prefix_scales])
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
         self.token_scale_index = policy.image_scale_index.cpu()
         self.region_rewards = [func for func in self.reward_funcs if isinstance(func, ProvidesRegions)]
