@@ -16,7 +16,7 @@ from trl_var import VARForImageGeneration, build_char_tokenizer, nextflow_7b_con
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
-from train_text_render import tiny_text_render_model  # noqa: E402
+from pretrain_tiny import tiny_text_render_model  # noqa: E402
 
 
 def describe(name: str, model: VARForImageGeneration, prompt_tokens: int = 64) -> dict:

@@ -25,7 +25,7 @@ from trl_var.models.configuration_var import NEXTFLOW_1024_SCALE_SIDES
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
-from train_text_render import tiny_text_render_model  # noqa: E402
+from pretrain_tiny import tiny_text_render_model  # noqa: E402
 
 
 def nextflow_shaped(hidden_size=128, layers=4):

@@ -19,9 +19,9 @@ are still to be measured.
 
 import argparse
 import json
+import math
 import os
 import random
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,14 +29,41 @@ import torch
 from tqdm.auto import tqdm
 
 import trl_var
-from trl_var import MultiScaleVQModel, VARForImageGeneration
-from trl_var.data.render import RenderStyle, make_render_dataset
+from trl_var import MultiScaleVQModel, VARConfig, VARForImageGeneration, VARPipeline
+from trl_var.data import HELDOUT_WORDS, make_heldout_dataset
+from trl_var.data.render import RenderStyle, make_render_dataset, render_word
+from trl_var.evaluation import score_prompts
 from trl_var.models.pipeline_var import images_to_pil
 from trl_var.rewards import read_text
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_text_render import tiny_text_render_model  # noqa: E402
+def tiny_text_render_model(tokenizer, hidden_size: int = 128, num_layers: int = 4) -> VARForImageGeneration:
+    """
+    A randomly initialized tiny model for 64x64 images (stride 8, scales 1,2,3,4,6,8 = 130 tokens): by default a
+    0.9M-parameter transformer (hidden 128, 4 layers) and a 1.0M-parameter tokenizer.
+    """
+    config = VARConfig(
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": hidden_size,
+            "intermediate_size": 3 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": hidden_size // 32,
+            "num_key_value_heads": max(1, hidden_size // 64),
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "max_position_embeddings": 512,
+        },
+        vq_config={
+            "sample_size": 64,
+            "block_out_channels": [16, 32, 64, 64],
+            "norm_num_groups": 8,
+            "latent_channels": 16,
+            "codebook_size": 512,
+            "scale_schedule": [[s, s] for s in (1, 2, 3, 4, 6, 8)],
+        },
+    )
+    return VARForImageGeneration(config)
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -105,11 +132,12 @@ def read_accuracy(images, words) -> float:
 
 def tokenizer_quality(vq: MultiScaleVQModel, num_images: int = 128, seed: int = 12345) -> dict:
     """
-    The tokenizer's quality gate: Tesseract's word accuracy on reconstructions of fresh renders against its accuracy
-    on the renders themselves (the gate: a ratio of at least 0.85).
+    The tokenizer's quality gate: Tesseract's word accuracy on reconstructions of renders of the held-out words (never
+    in the training renders) against its accuracy on the renders themselves (the gate: a ratio of at least 0.85).
     """
-    data = make_render_dataset(num_images, style=RenderStyle(), seed=seed)
-    words, renders = list(data["text"]), list(data["image"])
+    rng = random.Random(seed)
+    words = [HELDOUT_WORDS[i % len(HELDOUT_WORDS)] for i in range(num_images)]
+    renders = [render_word(word, RenderStyle(), rng) for word in words]
     with torch.no_grad():
         reconstructions = images_to_pil(vq.decode(vq.encode(to_tensor(renders))))
     on_renders, on_reconstructions = read_accuracy(renders, words), read_accuracy(reconstructions, words)
@@ -130,25 +158,76 @@ def prompt_gap(model, tokenizer, prompts, image_ids) -> float:
     return (true.mean() - null.mean()).item()
 
 
+def encoded_renders(args, vq: MultiScaleVQModel, folder: str) -> dict:
+    """
+    The transformer's training set: `--num_images` renders of training words (never a held-out one), encoded once by
+    the frozen tokenizer and cached in `folder/renders.pt` (the tokenizer is the costly part of a step otherwise).
+    """
+    path = os.path.join(folder, "renders.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    prompts, ids = [], []
+    chunk = 256
+    for start in tqdm(range(0, args.num_images, chunk), desc="encoding renders"):
+        data = make_render_dataset(
+            min(chunk, args.num_images - start), word_length=args.word_length, seed=2 * 1_000_003 + start
+        )
+        with torch.no_grad():
+            grids = vq.encode(to_tensor(list(data["image"])))
+        ids.append(torch.cat([g.flatten(1) for g in grids], 1).to(torch.int16))
+        prompts += list(data["prompt"])
+    cache = {"prompts": prompts, "image_ids": torch.cat(ids)}
+    os.makedirs(folder, exist_ok=True)
+    torch.save(cache, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return cache
+
+
+def learning_rate(args, step: int) -> float:
+    """Linear warm-up over `--var_warmup` steps, then cosine decay to a tenth of `--var_lr` at `--var_steps`."""
+    if step < args.var_warmup:
+        return args.var_lr * (step + 1) / args.var_warmup
+    progress = (step - args.var_warmup) / max(1, args.var_steps - args.var_warmup)
+    return args.var_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def heldout_accuracy(args, model, tokenizer) -> dict:
+    """Tesseract's word accuracy and NED on the held-out prompts, sampled as the RL recipe evaluates."""
+    heldout = make_heldout_dataset()
+    scores = score_prompts(
+        VARPipeline(model, tokenizer),
+        list(heldout["prompt"]),
+        list(heldout["text"]),
+        guidance_scale=args.eval_guidance_scale,
+        top_k=args.eval_top_k,
+        top_p=args.eval_top_p,
+        seed=args.seed,
+    )
+    return {"heldout_word_accuracy": round(scores["word_accuracy"], 4), "heldout_ned": round(scores["ned"], 4)}
+
+
 def train_var(args, model: VARForImageGeneration, tokenizer) -> VARForImageGeneration:
     folder = os.path.join(args.output_dir, "var")
+    data = encoded_renders(args, model.vqmodel, folder)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.var_lr, betas=(0.9, 0.95), weight_decay=0.05)
     start = load_state(folder, model, optimizer)
-    eval_prompts, eval_images = batches(args, 3, 0)
-    eval_ids = torch.cat([g.flatten(1) for g in model.vqmodel.encode(eval_images)], 1)
-    rng = random.Random(start)
+    gap_prompts, gap_ids = data["prompts"][:64], data["image_ids"][:64].long()
     model.train()
     model.vqmodel.eval()  # frozen: no code-usage counting, no dropout
     progress = tqdm(range(start, args.var_steps), initial=start, total=args.var_steps, desc="transformer")
     for step in progress:
-        prompts, images = batches(args, 2, step)
-        image_ids = torch.cat([g.flatten(1) for g in model.vqmodel.encode(images)], 1)
-        text = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
-        dropped = torch.tensor([rng.random() < args.prompt_dropout for _ in prompts])
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # a resumed run draws the same
+        rows = torch.randint(len(data["prompts"]), (args.var_batch_size,), generator=generator)
+        dropped = torch.rand(args.var_batch_size, generator=generator) < args.prompt_dropout
+        text = tokenizer(
+            [data["prompts"][i] for i in rows], padding=True, return_tensors="pt", add_special_tokens=False
+        )
         mask = text["attention_mask"].masked_fill(dropped[:, None], 0)  # the empty prompt of guidance's branch
-        logprobs, _ = model.image_token_logprobs(text["input_ids"], image_ids, mask)
+        logprobs, _ = model.image_token_logprobs(text["input_ids"], data["image_ids"][rows].long(), mask)
         loss = -logprobs.mean()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, step)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -156,10 +235,13 @@ def train_var(args, model: VARForImageGeneration, tokenizer) -> VARForImageGener
         log = {"ce": round(loss.item(), 4)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.var_steps:
             model.eval()
-            log["prompt_gap"] = round(prompt_gap(model, tokenizer, eval_prompts, eval_ids), 4)
+            log["prompt_gap"] = round(prompt_gap(model, tokenizer, gap_prompts, gap_ids), 4)
+            if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.var_steps):
+                log.update(heldout_accuracy(args, model, tokenizer))
             model.train()
             model.vqmodel.eval()
             save_state(folder, model, optimizer, step + 1, log)
+            progress.write(json.dumps({"step": step + 1, **log}))
         progress.set_postfix(log)
     return model.eval()
 
@@ -168,13 +250,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/pretrain-tiny")
     parser.add_argument("--stage", choices=["all", "tokenizer", "var"], default="all")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="Tokenizer batch size.")
     parser.add_argument("--word_length", type=int, default=3)
     parser.add_argument("--tokenizer_steps", type=int, default=2000)
     parser.add_argument("--tokenizer_lr", type=float, default=3e-4)
     parser.add_argument("--restart_every", type=int, default=100, help="Dead-code restarts every N tokenizer steps.")
     parser.add_argument("--var_steps", type=int, default=4000)
-    parser.add_argument("--var_lr", type=float, default=3e-4)
+    parser.add_argument("--var_lr", type=float, default=1e-3, help="Peak learning rate of the transformer.")
+    parser.add_argument("--var_warmup", type=int, default=100)
+    parser.add_argument("--var_batch_size", type=int, default=64)
+    parser.add_argument("--num_images", type=int, default=40_000, help="Renders encoded once for the transformer.")
+    parser.add_argument("--hidden_size", type=int, default=128, help="Transformer width (the tiny recipe's: 128).")
+    parser.add_argument("--num_layers", type=int, default=4, help="Transformer depth (the tiny recipe's: 4).")
+    parser.add_argument(
+        "--eval_every", type=int, default=1000, help="Held-out word accuracy every N steps (0: never)."
+    )
+    parser.add_argument("--eval_guidance_scale", type=float, default=3.0)
+    parser.add_argument("--eval_top_k", type=int, default=2)
+    parser.add_argument("--eval_top_p", type=float, default=0.9)
     parser.add_argument("--prompt_dropout", type=float, default=0.1, help="Share of empty prompts (for guidance).")
     parser.add_argument("--save_every", type=int, default=200)
     parser.add_argument("--quality_images", type=int, default=128, help="Renders read for the tokenizer's gate.")
@@ -183,7 +276,8 @@ def main():
     torch.manual_seed(args.seed)
 
     tokenizer = trl_var.build_char_tokenizer()
-    model = tiny_text_render_model(tokenizer)  # its `vqmodel` has the tokenizer's architecture
+    # its `vqmodel` has the tokenizer's architecture
+    model = tiny_text_render_model(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers)
     vq = MultiScaleVQModel(**model.config.vq_config)
     if args.stage in ("all", "tokenizer"):
         vq = train_tokenizer(args, vq)

@@ -1,11 +1,14 @@
+import argparse
 import json
 import os
 import sys
 
 import pytest
+import torch
 from transformers import AutoModel
 
 from trl_var import VARForImageGeneration, VARPipeline
+from trl_var.data import DEFAULT_TEMPLATES, HELDOUT_WORDS, make_heldout_dataset, make_text_render_dataset
 from trl_var.data.render import RenderStyle, make_render_dataset
 
 
@@ -34,6 +37,7 @@ def _run(monkeypatch, *args):
 
 def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_path, monkeypatch, capsys):
     common = ["--output_dir", str(tmp_path), "--batch_size", "4", "--save_every", "2", "--quality_images", "8"]
+    common += ["--var_batch_size", "4", "--num_images", "20", "--eval_every", "2", "--hidden_size", "64"]
     _run(monkeypatch, *common, "--tokenizer_steps", "2", "--var_steps", "2")
     quality = json.load(open(tmp_path / "tokenizer" / "quality.json"))
     assert quality["renders"] > 0.8 and 0 <= quality["reconstructions"] <= 1 and quality["codes_used"] >= 1
@@ -44,5 +48,33 @@ def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_pat
     # more transformer steps: resumes at step 2 instead of starting over
     _run(monkeypatch, *common, "--stage", "var", "--var_steps", "3")
     assert "Resuming" in capsys.readouterr().out
-    steps = [json.loads(line)["step"] for line in open(tmp_path / "var" / "log.jsonl")]
-    assert steps == [2, 3]
+    log = [json.loads(line) for line in open(tmp_path / "var" / "log.jsonl")]
+    assert [entry["step"] for entry in log] == [2, 3]
+    assert all(0 <= entry["heldout_word_accuracy"] <= entry["heldout_ned"] <= 1 for entry in log)
+    assert model.config.text_config.hidden_size == 64
+    # the transformer's cached training renders: 20 encoded images, none of a held-out word
+    cache = torch.load(tmp_path / "var" / "renders.pt")
+    assert cache["image_ids"].shape == (20, 130) and len(cache["prompts"]) == 20
+    assert not any(f'"{word}"' in prompt for prompt in cache["prompts"] for word in HELDOUT_WORDS)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth(monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import pretrain_tiny
+
+    args = argparse.Namespace(var_lr=1e-3, var_warmup=10, var_steps=110)
+    assert pretrain_tiny.learning_rate(args, 0) == pytest.approx(1e-4)
+    assert pretrain_tiny.learning_rate(args, 9) == pytest.approx(1e-3)
+    assert pretrain_tiny.learning_rate(args, 60) == pytest.approx(0.55e-3)
+    assert pretrain_tiny.learning_rate(args, 110) == pytest.approx(1e-4)
+
+
+def test_heldout_words_are_fixed_and_never_drawn_for_training():
+    assert len(HELDOUT_WORDS) == 100 and len(set(HELDOUT_WORDS)) == 100 and HELDOUT_WORDS[:3] == ("AAC", "AAM", "AAR")
+    heldout = make_heldout_dataset()
+    assert list(heldout["text"]) == list(HELDOUT_WORDS)
+    assert heldout["prompt"][:2] == ['the word "AAC"', 'a sign that says "AAM"']
+    assert not set(make_text_render_dataset(2000, seed=0)["text"]) & set(HELDOUT_WORDS)
+    assert not set(make_render_dataset(300, seed=0)["text"]) & set(HELDOUT_WORDS)
+    # every template ends with the quoted word (the fixed prompt-to-image offset the toy model relies on)
+    assert all(template.endswith('"{word}"') for template in DEFAULT_TEMPLATES)

@@ -28,7 +28,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .data.cvtg import _looks_like_local_path
-from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, score_words
+from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, functional, score_words
 from .models import VARPipeline
 from .rewards.ocr import OCRWord, check_tesseract, read_text
 from .visualization import make_image_grid
@@ -77,6 +77,56 @@ def load_pipeline(
             f"Could not load a VAR model and tokenizer from {where} ({type(error).__name__}: {error})."
         ) from error
     return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def score_prompts(
+    pipeline: VARPipeline,
+    prompts: list[str],
+    targets: list[str | list[str]],
+    *,
+    batch_size: int = 50,
+    seed: int = 0,
+    guidance_scale: float = 5.0,
+    guidance_schedule: str = "constant",
+    top_k: int = 2,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    ocr_psm: int = 7,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """
+    In-memory Word Accuracy and NED of one sample per prompt: the quick evaluation of training loops and benchmarks
+    (pretraining's progress, `make train`'s before/after, the ablation), with nothing written to disk.
+
+    Images are sampled in blocks of `batch_size` rows, block `k` seeded with `(seed, k)`, so the same model, prompts
+    and seed give the same images. Sampling arguments as in [`evaluate_text_rendering`]; `ocr_psm` defaults to 7
+    (one text line), the right mode for single-word renders.
+
+    Returns:
+        `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image) and `images`.
+    """
+    images = []
+    device = pipeline.model.device
+    for block, start in enumerate(range(0, len(prompts), batch_size)):
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
+        images += pipeline(
+            prompts[start : start + batch_size],
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            generator=generator,
+        ).images
+    with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count()) as pool:
+        reads = list(pool.map(lambda image: read_text(image, psm=ocr_psm), images))
+    predictions = [" ".join(word.text for word in read) for read in reads]
+    return {
+        "word_accuracy": functional.word_accuracy(predictions, targets),
+        "ned": functional.ned(predictions, targets),
+        "predictions": predictions,
+        "images": images,
+    }
 
 
 def evaluate_text_rendering(

@@ -6,4 +6,10 @@ from .cvtg import (
     load_cvtg2k,
     load_prompt_dataset,
 )
-from .text_render import DEFAULT_ALPHABET, DEFAULT_TEMPLATES, make_text_render_dataset
+from .text_render import (
+    DEFAULT_ALPHABET,
+    DEFAULT_TEMPLATES,
+    HELDOUT_WORDS,
+    make_heldout_dataset,
+    make_text_render_dataset,
+)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from PIL import Image, ImageDraw, ImageFont
 
-from .text_render import DEFAULT_ALPHABET, DEFAULT_TEMPLATES
+from .text_render import DEFAULT_ALPHABET, DEFAULT_TEMPLATES, HELDOUT_WORDS
 
 
 DEJAVU = "/usr/share/fonts/truetype/dejavu/"
@@ -58,17 +58,18 @@ def make_render_dataset(
     alphabet: str = DEFAULT_ALPHABET,
     style: RenderStyle | None = None,
     templates: tuple[str, ...] = DEFAULT_TEMPLATES,
-    exclude_words: set[str] | frozenset[str] = frozenset(),
+    exclude_words: tuple[str, ...] | frozenset[str] = HELDOUT_WORDS,
     seed: int = 0,
 ) -> Dataset:
     """
     Renders of random words with the prompts that ask for them: columns `prompt`, `text` (the word) and `image`.
 
-    `exclude_words` keeps held-out evaluation words out of the pretraining data. The same seed gives the same data.
+    `exclude_words` (by default the held-out evaluation words) keeps words out of the pretraining data. The same seed gives the same data.
     """
     style = style or RenderStyle()
     low, high = (word_length, word_length) if isinstance(word_length, int) else word_length
     possible = len(alphabet) ** high
+    exclude_words = set(exclude_words)
     if len(exclude_words) >= possible:
         raise ValueError(f"`exclude_words` ({len(exclude_words)}) leaves no word of length <= {high} to render.")
     rng = random.Random(seed)

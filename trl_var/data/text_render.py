@@ -9,12 +9,36 @@ from datasets import Dataset
 # toy task learnable on a CPU.
 DEFAULT_ALPHABET = "ACEHKMNRSX"
 
+# Every template ends with the quoted word: with left-padded prompts the letters then sit at the same distance from
+# the image tokens in every prompt, which is what lets a sub-million-parameter model on a CPU bind the glyphs it draws
+# to the letters it is asked for (NOTES.md measured binding as the hard part of the toy).
 DEFAULT_TEMPLATES = (
     'the word "{word}"',
     'a sign that says "{word}"',
-    'the text "{word}" in bold letters',
-    '"{word}" written on a plain background',
+    'bold letters that read "{word}"',
+    'a plain background with the text "{word}"',
 )
+
+# Held-out evaluation words: 100 of the 1,000 three-letter words of `DEFAULT_ALPHABET`, drawn once with
+# `random.Random(2601).sample` and fixed here. Never in pretraining renders nor in RL training prompts.
+HELDOUT_WORDS = tuple(
+    (
+        "AAC AAM AAR ACS ACX AMA AMK AMN ARS ASX AXE AXK CCR CKN CKX CMA CMN CNH CNR CSS CXR CXS EAA EAC EAR "
+        "ECE ECX EEM EHE EHH EHM EMH EXH HCM HNE HNN HRA HSA HSS KAK KAM KKE KKM KRE KSE MAA MAE MAM MER MES "
+        "MMC MME MMX MNK MRC MRN MSA MXR NCR NHC NHK NHR NHS NKH NKN NRM NRX NSS NXH RAS RCM REE RKK RMA RMX "
+        "RNR RSX RXC RXK SAK SHH SHR SHS SKE SMR SXN XAA XAE XAR XEN XHH XMS XRE XRR XSC XSK XSR XXK XXN XXX"
+    ).split()
+)
+
+
+def make_heldout_dataset(templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Dataset:
+    """
+    The fixed held-out evaluation prompts of the toy task: every word of `HELDOUT_WORDS` once, templates in turn.
+    Columns `prompt` and `text`.
+    """
+    words = list(HELDOUT_WORDS)
+    prompts = [templates[i % len(templates)].format(word=word) for i, word in enumerate(words)]
+    return Dataset.from_dict({"prompt": prompts, "text": words})
 
 
 def make_text_render_dataset(
@@ -22,6 +46,7 @@ def make_text_render_dataset(
     word_length: int | tuple[int, int] = 3,
     alphabet: str = DEFAULT_ALPHABET,
     templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+    exclude_words: tuple[str, ...] | frozenset[str] = HELDOUT_WORDS,
     seed: int = 0,
 ) -> Dataset:
     """
@@ -32,6 +57,7 @@ def make_text_render_dataset(
         word_length (`int` or `(min, max)`, defaults to 3): letters per word.
         alphabet (`str`): letters to draw from.
         templates (`tuple[str, ...]`): prompt templates with a `{word}` field.
+        exclude_words (`tuple[str, ...]`, defaults to `HELDOUT_WORDS`): words never drawn (the held-out ones).
         seed (`int`, defaults to 0): the same seed gives the same dataset.
 
     Returns:
@@ -48,7 +74,14 @@ def make_text_render_dataset(
     bad = [t for t in templates if "{word}" not in t]
     if bad:
         raise ValueError(f"Every template needs a '{{word}}' field; these have none: {bad}.")
+    excluded = set(exclude_words)
+    if len(excluded) >= sum(len(alphabet) ** n for n in range(low, high + 1)):
+        raise ValueError(f"`exclude_words` ({len(excluded)} words) leaves no word of length {low}-{high} to draw.")
     rng = random.Random(seed)
-    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(low, high))) for _ in range(num_prompts)]
+    words = []
+    while len(words) < num_prompts:
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+        if word not in excluded:
+            words.append(word)
     prompts = [rng.choice(templates).format(word=word) for word in words]
     return Dataset.from_dict({"prompt": prompts, "text": words})

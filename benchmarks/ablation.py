@@ -1,0 +1,273 @@
+"""
+Ablation of the paper's additions to GRPO on the CPU toy: plain GRPO, +VMR, +PANW, +MP and the full method, trained
+from the shipped pretrained tiny model with the same prompts, the same number of optimizer updates and several seeds,
+scored along the way on the held-out prompts (words never used in pretraining nor in RL training).
+
+    python benchmarks/ablation.py                                 # 5 variants x 3 seeds, the defaults below
+    python benchmarks/ablation.py --variants plain full --seeds 0 # a subset
+    python benchmarks/ablation.py --help
+
+Every run starts from the recipe's config (recipes/configs/text_render_tiny.yaml, the one `make train` uses) with only
+the method's switches changed, and writes `output_dir/runs/<variant>-seed<k>.json` when it ends; started again, the
+script skips the runs that have their JSON, so an interrupted ablation resumes run by run. Then it writes
+`benchmarks/results/ablation.json`, `benchmarks/results/ablation.png` (held-out word accuracy against optimizer
+updates and against training wall-clock, mean +- std over seeds) and the table between the ablation markers of
+BENCHMARKS.md. Wall-clock counts training only, not the held-out evaluations.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import yaml
+from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
+
+from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
+from trl_var.data import make_heldout_dataset, make_text_render_dataset
+from trl_var.evaluation import score_prompts
+from trl_var.rewards import OCRReward
+from trl_var.visualization import plot_curves
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE_CONFIG = os.path.join(ROOT, "recipes", "configs", "text_render_tiny.yaml")
+SHIPPED_MODEL = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
+
+OFF = {"vmr_prefix_scales": 0, "panw_alpha": 0.0, "mask_propagation": False}
+FULL = {"vmr_prefix_scales": None, "panw_alpha": 0.6, "mask_propagation": True}
+VARIANTS = {
+    "plain": dict(OFF),
+    "vmr": {**OFF, "vmr_prefix_scales": None},
+    "panw": {**OFF, "panw_alpha": 0.6},
+    "mp": {**OFF, "mask_propagation": True},
+    "full": dict(FULL),
+}
+LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
+# Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
+SCRIPT_KEYS = {"num_prompts", "word_length", "model_name_or_path", "num_sample_prompts", "num_heldout_prompts"}
+
+
+class HeldoutEvaluation(TrainerCallback):
+    """Scores the held-out prompts at update 0 and every `every` updates; times training without the evaluations."""
+
+    def __init__(self, tokenizer, prompts, targets, config: VARGRPOConfig, every: int):
+        self.tokenizer, self.prompts, self.targets, self.config, self.every = (
+            tokenizer,
+            prompts,
+            targets,
+            config,
+            every,
+        )
+        self.points, self.train_seconds, self._since = [], 0.0, None
+
+    def evaluate(self, model, step: int):
+        self.train_seconds += time.perf_counter() - self._since if self._since is not None else 0.0
+        was_training = model.training
+        model.eval()
+        config = self.config
+        scores = score_prompts(
+            VARPipeline(model, self.tokenizer),
+            self.prompts,
+            self.targets,
+            guidance_scale=config.eval_guidance_scale or config.guidance_scale,
+            top_k=config.eval_top_k if config.eval_top_k is not None else config.top_k,
+            top_p=config.eval_top_p if config.eval_top_p is not None else config.top_p,
+            seed=1234,  # the same sampling noise for every run and every point: only the model differs
+        )
+        model.train(was_training)
+        point = {
+            "update": step,
+            "train_seconds": round(self.train_seconds, 2),
+            "word_accuracy": scores["word_accuracy"],
+            "ned": scores["ned"],
+        }
+        self.points.append(point)
+        print(json.dumps(point), flush=True)
+        self._since = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.evaluate(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.evaluate(model, state.global_step)
+
+
+def run(variant: str, seed: int, args) -> dict:
+    with open(RECIPE_CONFIG) as f:
+        recipe = yaml.safe_load(f)
+    fields = {k: v for k, v in recipe.items() if k not in SCRIPT_KEYS}
+    fields.update(VARIANTS[variant])
+    fields.update(
+        output_dir=os.path.join(args.output_dir, "checkpoints", f"{variant}-seed{seed}"),
+        max_steps=args.max_steps,
+        seed=seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=args.eval_every,
+        log_completions=False,
+        disable_tqdm=True,
+    )
+    config = VARGRPOConfig(**fields)
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    model = AutoModel.from_pretrained(args.model)
+    dataset = make_text_render_dataset(
+        recipe.get("num_prompts", 256), word_length=recipe.get("word_length", 3), seed=seed
+    )
+    heldout = make_heldout_dataset()
+    prompts, targets = list(heldout["prompt"])[: args.num_heldout], list(heldout["text"])[: args.num_heldout]
+    evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every)
+    trainer = VARGRPOTrainer(
+        model=model,
+        reward_funcs=OCRReward(),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[evaluation],
+    )
+    trainer.train()
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "max_steps": args.max_steps,
+        "method": {key: getattr(config, key) for key in FULL},
+        "points": evaluation.points,
+        "train_seconds": evaluation.train_seconds,
+        "mean_train_reward": rewards,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and std over seeds, per variant and evaluation point."""
+    summary = {}
+    for variant in VARIANTS:
+        mine = [r for r in runs if r["variant"] == variant]
+        if not mine:
+            continue
+        num_points = min(len(r["points"]) for r in mine)
+        curve = []
+        for i in range(num_points):
+            values = [r["points"][i] for r in mine]
+            accuracies = [v["word_accuracy"] for v in values]
+            curve.append(
+                {
+                    "update": values[0]["update"],
+                    "train_seconds": statistics.mean(v["train_seconds"] for v in values),
+                    "word_accuracy": statistics.mean(accuracies),
+                    "word_accuracy_std": statistics.pstdev(accuracies),
+                    "ned": statistics.mean(v["ned"] for v in values),
+                    "ned_std": statistics.pstdev([v["ned"] for v in values]),
+                }
+            )
+        summary[variant] = {"seeds": sorted(r["seed"] for r in mine), "curve": curve}
+    return summary
+
+
+def table(summary: dict, max_steps: int) -> str:
+    base = next(iter(summary.values()))["curve"][0]
+    lines = [
+        f"Held-out word accuracy / NED ({len(next(iter(summary.values()))['seeds'])} seeds, mean +- std), "
+        f"after {max_steps} optimizer updates from the shipped checkpoint (base: word accuracy "
+        f"{base['word_accuracy']:.3f}, NED {base['ned']:.3f}).",
+        "",
+        "| variant | seeds | word accuracy | gain over base | NED | training wall-clock |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, entry in summary.items():
+        last = entry["curve"][-1]
+        lines.append(
+            f"| {LABELS[variant]} | {len(entry['seeds'])} | {last['word_accuracy']:.3f} +- "
+            f"{last['word_accuracy_std']:.3f} | {last['word_accuracy'] - entry['curve'][0]['word_accuracy']:+.3f} | "
+            f"{last['ned']:.3f} +- {last['ned_std']:.3f} | {last['train_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(summary: dict, runs: list[dict], args):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "ablation.json"), "w") as f:
+        json.dump({"settings": vars(args), "summary": summary, "runs": runs}, f, indent=2)
+
+    def curves(x_key):
+        return {
+            LABELS[v]: (
+                [p[x_key] / (60 if x_key == "train_seconds" else 1) for p in e["curve"]],
+                [p["word_accuracy"] for p in e["curve"]],
+                [p["word_accuracy_std"] for p in e["curve"]],
+            )
+            for v, e in summary.items()
+        }
+
+    by_update = plot_curves(
+        curves("update"), title="Held-out word accuracy", xlabel="optimizer updates", ylabel="word accuracy"
+    )
+    by_time = plot_curves(
+        curves("train_seconds"), title="Held-out word accuracy", xlabel="training minutes", ylabel="word accuracy"
+    )
+    from PIL import Image
+
+    figure = Image.new("RGB", (by_update.width + by_time.width, max(by_update.height, by_time.height)), "white")
+    figure.paste(by_update, (0, 0))
+    figure.paste(by_time, (by_update.width, 0))
+    figure.save(os.path.join(RESULTS, "ablation.png"))
+
+    text = table(summary, args.max_steps)
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    with open(path) as f:
+        document = f.read()
+    if MARKERS[0] in document:
+        head, rest = document.split(MARKERS[0], 1)
+        document = head + MARKERS[0] + "\n" + text + "\n" + MARKERS[1] + rest.split(MARKERS[1], 1)[1]
+    else:
+        document += f"\n## Ablation (`benchmarks/ablation.py`)\n\n{MARKERS[0]}\n{text}\n{MARKERS[1]}\n"
+    with open(path, "w") as f:
+        f.write(document)
+    print(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=SHIPPED_MODEL, help="Folder or Hub id of the starting model.")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max_steps", type=int, default=60, help="Optimizer updates of every run.")
+    parser.add_argument("--eval_every", type=int, default=20, help="Held-out evaluation every N updates.")
+    parser.add_argument("--num_heldout", type=int, default=100, help="Held-out prompts scored (at most 100).")
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"))
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count())
+
+    runs_dir = os.path.join(args.output_dir, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    for seed in args.seeds:  # seeds outermost: a partial ablation still compares every variant
+        for variant in args.variants:
+            path = os.path.join(runs_dir, f"{variant}-seed{seed}.json")
+            if os.path.exists(path):
+                print(f"{variant} seed {seed}: done already ({path})")
+                continue
+            print(f"=== {LABELS[variant]}, seed {seed} ===", flush=True)
+            result = run(variant, seed, args)
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=2)
+            os.replace(path + ".tmp", path)
+
+    runs = []
+    for name in sorted(os.listdir(runs_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(runs_dir, name)) as f:
+                run_result = json.load(f)
+            if run_result["max_steps"] == args.max_steps:
+                runs.append(run_result)
+    write_outputs(summarize(runs), runs, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
