@@ -5,7 +5,9 @@
 #                    ~5.5 GB of CUDA wheels). GPU users: a CUDA index of download.pytorch.org, or https://pypi.org/simple.
 #   PYTHON           the interpreter that creates the virtualenv (Python >= 3.11).
 #   VENV             where the virtualenv lives.
-#   ARGS             extra arguments for `make train` (e.g. ARGS="--config recipes/configs/text_render.yaml").
+#   ARGS             extra arguments for `make train` or `make evaluate` (e.g. ARGS="--max_steps 100").
+#   MODEL            the model `make evaluate` scores (default: what `make train` saved).
+#   EVAL_GUIDANCE    guidance scale of `make evaluate`.
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -14,14 +16,17 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 ACCELERATE_CONFIG ?= recipes/accelerate_configs/cpu.yaml
 ARGS ?=
 PYTEST_ARGS ?=
+MODEL ?= outputs/text-render-tiny
+EVAL_GUIDANCE ?= 3.0
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trl-var-installed
 
-.PHONY: help install tesseract train test lint clean
+.PHONY: help install tesseract train evaluate test lint clean
 
 help:
 	@echo "make train   run recipes/train_text_render.py with accelerate on its embedded default"
+	@echo "make evaluate  held-out word accuracy / NED of MODEL (default: make train's output) on the toy prompts"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff check"
 	@echo "Both create or reuse $(VENV) and install what is missing (torch from $(TORCH_INDEX_URL))."
@@ -52,6 +57,10 @@ tesseract:
 
 train: install
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) recipes/train_text_render.py $(ARGS)
+
+evaluate: install
+	$(BIN)/python recipes/evaluate_text_render.py --model $(MODEL) --dataset recipes/data/text_render_heldout.jsonl \
+		--dataset_format prompts --guidance_scale $(EVAL_GUIDANCE) --output_dir $(MODEL)/evaluation $(ARGS)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ import time
 
 import torch
 import yaml
+from PIL import Image
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
@@ -192,8 +193,8 @@ def table(summary: dict, max_steps: int) -> str:
 
 
 def write_outputs(summary: dict, runs: list[dict], args):
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "ablation.json"), "w") as f:
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "ablation.json"), "w") as f:
         json.dump({"settings": vars(args), "summary": summary, "runs": runs}, f, indent=2)
 
     def curves(x_key):
@@ -212,15 +213,13 @@ def write_outputs(summary: dict, runs: list[dict], args):
     by_time = plot_curves(
         curves("train_seconds"), title="Held-out word accuracy", xlabel="training minutes", ylabel="word accuracy"
     )
-    from PIL import Image
-
     figure = Image.new("RGB", (by_update.width + by_time.width, max(by_update.height, by_time.height)), "white")
     figure.paste(by_update, (0, 0))
     figure.paste(by_time, (by_update.width, 0))
-    figure.save(os.path.join(RESULTS, "ablation.png"))
+    figure.save(os.path.join(args.results_dir, "ablation.png"))
 
     text = table(summary, args.max_steps)
-    path = os.path.join(ROOT, "BENCHMARKS.md")
+    path = args.report
     with open(path) as f:
         document = f.read()
     if MARKERS[0] in document:
@@ -233,7 +232,7 @@ def write_outputs(summary: dict, runs: list[dict], args):
     print(text)
 
 
-def main():
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=SHIPPED_MODEL, help="Folder or Hub id of the starting model.")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -241,8 +240,10 @@ def main():
     parser.add_argument("--max_steps", type=int, default=60, help="Optimizer updates of every run.")
     parser.add_argument("--eval_every", type=int, default=20, help="Held-out evaluation every N updates.")
     parser.add_argument("--num_heldout", type=int, default=100, help="Held-out prompts scored (at most 100).")
-    parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"))
-    args = parser.parse_args()
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"), help="Runs and their JSON.")
+    parser.add_argument("--results_dir", default=RESULTS, help="Where ablation.json and ablation.png go.")
+    parser.add_argument("--report", default=os.path.join(ROOT, "BENCHMARKS.md"), help="Markdown file for the table.")
+    args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count())
 
     runs_dir = os.path.join(args.output_dir, "runs")

@@ -6,6 +6,9 @@ regions and overall, as in Table 1 of "VAR RL Done Right" (arXiv 2601.02256).
     python recipes/evaluate_text_render.py --model <...> --dataset prompts.jsonl --dataset_format prompts
     python recipes/evaluate_text_render.py --config my_eval.yaml          # any option below, as YAML
     python recipes/evaluate_text_render.py --help                         # every option
+    make evaluate MODEL=outputs/text-render-tiny    # the toy's 100 held-out prompts (recipes/data/), Tesseract
+
+Without --model it evaluates the tiny pretrained model shipped in recipes/models/var-tiny-text-render.
 
 It samples one image per prompt with the paper's evaluation sampling (guidance 5, constant schedule, top-k 2, top-p
 0.9, temperature 1), reads each image with Tesseract and writes to `--output_dir`:
@@ -22,6 +25,7 @@ compare models evaluated here with each other rather than with the papers' absol
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,6 +40,11 @@ from trl_var.evaluation import evaluate_text_rendering, format_results_table, lo
 
 logger = logging.getLogger(__name__)
 
+RECIPES = os.path.dirname(os.path.abspath(__file__))
+SHIPPED_MODEL = os.path.join(RECIPES, "models", "var-tiny-text-render")
+# The toy task's fixed held-out prompts (trl_var.data.make_heldout_dataset, saved as JSON lines): `make evaluate`.
+HELDOUT_PROMPTS = os.path.join(RECIPES, "data", "text_render_heldout.jsonl")
+
 # Tesseract's page segmentation: CVTG-2K images hold 2-5 text regions scattered over 1024 px, which "sparse text" (11)
 # finds; the toy prompts datasets ask for one word per image, for which "single text line" (7) is the right prior.
 DEFAULT_OCR_PSM = {"cvtg2k": 11, "prompts": 7}
@@ -47,7 +56,11 @@ class EvaluationArguments:
     """Options of the text-rendering evaluation."""
 
     model: str = field(
-        metadata={"help": "Folder or Hub id of a trl_var model with its tokenizer (VARPipeline.from_pretrained)."}
+        default=SHIPPED_MODEL,
+        metadata={
+            "help": "Folder or Hub id of a trl_var model with its tokenizer (VARPipeline.from_pretrained). Default: "
+            "the tiny pretrained model shipped in recipes/models/var-tiny-text-render."
+        },
     )
     dataset: str = field(
         default=CVTG2K_REPO_ID,

@@ -238,6 +238,9 @@ def train_var(args, model: VARForImageGeneration, tokenizer) -> VARForImageGener
             log["prompt_gap"] = round(prompt_gap(model, tokenizer, gap_prompts, gap_ids), 4)
             if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.var_steps):
                 log.update(heldout_accuracy(args, model, tokenizer))
+                snapshot = os.path.join(folder, "snapshots", f"step-{step + 1}")  # a loadable model per evaluation
+                model.save_pretrained(snapshot)
+                tokenizer.save_pretrained(snapshot)
             model.train()
             model.vqmodel.eval()
             save_state(folder, model, optimizer, step + 1, log)

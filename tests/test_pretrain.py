@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from datasets import load_dataset
 from transformers import AutoModel
 
 from trl_var import VARForImageGeneration, VARPipeline
@@ -21,7 +22,7 @@ def test_render_dataset_is_seeded_and_keeps_held_out_words_out():
     assert data[0]["image"].size == (64, 64) and data[0]["text"] in data[0]["prompt"]
     again = make_render_dataset(40, word_length=2, alphabet="AB", exclude_words={"AA", "AB"}, seed=3)
     assert list(again["text"]) == list(data["text"])
-    assert list(again[5]["image"].getdata()) == list(data[5]["image"].getdata())
+    assert again[5]["image"].tobytes() == data[5]["image"].tobytes()
     assert make_render_dataset(1, style=RenderStyle(size=32))[0]["image"].size == (32, 32)
     with pytest.raises(ValueError, match="exclude_words"):
         make_render_dataset(1, word_length=1, alphabet="A", exclude_words={"A"})
@@ -52,6 +53,7 @@ def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_pat
     assert [entry["step"] for entry in log] == [2, 3]
     assert all(0 <= entry["heldout_word_accuracy"] <= entry["heldout_ned"] <= 1 for entry in log)
     assert model.config.text_config.hidden_size == 64
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "var" / "snapshots" / "step-2"), VARForImageGeneration)
     # the transformer's cached training renders: 20 encoded images, none of a held-out word
     cache = torch.load(tmp_path / "var" / "renders.pt")
     assert cache["image_ids"].shape == (20, 130) and len(cache["prompts"]) == 20
@@ -74,6 +76,9 @@ def test_heldout_words_are_fixed_and_never_drawn_for_training():
     heldout = make_heldout_dataset()
     assert list(heldout["text"]) == list(HELDOUT_WORDS)
     assert heldout["prompt"][:2] == ['the word "AAC"', 'a sign that says "AAM"']
+    # the same prompts, saved for `make evaluate` and any datasets-based evaluation
+    saved = load_dataset("json", data_files=os.path.join(ROOT, "recipes", "data", "text_render_heldout.jsonl"))
+    assert saved["train"]["prompt"] == heldout["prompt"] and saved["train"]["text"] == heldout["text"]
     assert not set(make_text_render_dataset(2000, seed=0)["text"]) & set(HELDOUT_WORDS)
     assert not set(make_render_dataset(300, seed=0)["text"]) & set(HELDOUT_WORDS)
     # every template ends with the quoted word (the fixed prompt-to-image offset the toy model relies on)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -44,10 +45,15 @@ def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
         "2",
         "--num_prompts",
         "8",
+        "--num_heldout_prompts",
+        "3",
     ]
     result = _run(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Mean OCR reward of the sample prompts" in result.stdout
+    assert "Held-out word accuracy (3 prompts):" in result.stdout
+    heldout = json.load(open(output_dir / "heldout_results.json"))
+    assert heldout["num_heldout_prompts"] == 3
+    assert all(0 <= heldout[when]["word_accuracy"] <= heldout[when]["ned"] <= 1 for when in ("before", "after"))
     assert (output_dir / "checkpoint-2" / "model.safetensors").exists()
     model = AutoModel.from_pretrained(output_dir)
     assert isinstance(model, trl_var.VARForImageGeneration) and model.num_image_tokens == 130
@@ -56,7 +62,8 @@ def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
 
     # Started again with a higher step budget, it resumes from checkpoint-2 instead of starting over.
     result = _run(
-        [*command[:-8], "--max_steps", "3", "--save_steps", "1", "--num_sample_prompts", "2", "--num_prompts", "8"],
+        [*command[:-10], "--max_steps", "3", "--save_steps", "1", "--num_sample_prompts", "2", "--num_prompts", "8"]
+        + ["--num_heldout_prompts", "3"],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
