@@ -2,6 +2,7 @@
 GRPO on text rendering: a VAR text-to-image model learns to draw the quoted words of its prompts, rewarded by OCR.
 
     accelerate launch recipes/train_text_render.py                       # the CPU demo (recipes/configs/text_render_tiny.yaml)
+    accelerate launch recipes/train_text_render.py --max_steps 20        # the demo's config, one value overridden
     accelerate launch recipes/train_text_render.py --config my.yaml      # any VARGRPOConfig field, plus the ones below
     accelerate launch recipes/train_text_render.py --help                # every option
 
@@ -158,8 +159,9 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 1:
-        sys.argv += ["--config", DEFAULT_CONFIG]
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in sys.argv[1:]):
+        # the CPU demo's YAML is the default config; options given on the command line override its values
+        sys.argv[1:1] = ["--config", DEFAULT_CONFIG]
     parser = TrlParser(
         (ScriptArguments, VARGRPOConfig), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

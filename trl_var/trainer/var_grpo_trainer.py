@@ -1,6 +1,7 @@
 import copy
 import os
 import textwrap
+import warnings
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -24,6 +25,10 @@ from .var_grpo_config import VARGRPOConfig
 
 
 logger = logging.get_logger(__name__)
+
+# TRL 1.16's `unwrap_model_for_generation` reads `model.is_gradient_checkpointing`, which transformers 5 deprecates
+# with a FutureWarning at every rollout; nothing for our users to act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @runtime_checkable
