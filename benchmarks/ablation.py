@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--model", default=SHIPPED_MODEL, help="Folder or Hub id of the starting model.")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_steps", type=int, default=150, help="Optimizer updates of every run (make train: 150).")
+    parser.add_argument("--max_steps", type=int, default=100, help="Optimizer updates of every run.")
     parser.add_argument("--eval_every", type=int, default=25, help="Held-out evaluation every N updates.")
     parser.add_argument("--num_heldout", type=int, default=100, help="Held-out prompts scored (at most 100).")
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"), help="Runs and their JSON.")
