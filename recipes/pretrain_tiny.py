@@ -16,7 +16,8 @@ nats per token: how much the model uses its prompt, the early go/no-go signal of
 Every `--eval_every` steps the transformer stage also samples the 100 held-out prompts (words never rendered for
 training), logs Tesseract's word accuracy and saves a loadable snapshot (`output_dir/var/snapshots/step-N`): pick the
 snapshot whose accuracy suits you. The model shipped in recipes/models/var-tiny-text-render is the step-1200 snapshot
-(held-out word accuracy 0.31) of this recipe's settings; its README has the exact commands and logs (~30 min on 2
+(held-out word accuracy 0.31) of a run made with these settings but resumed twice with longer --var_steps (so its
+learning-rate schedule differs from one default run); its README has the exact commands and logs (~30 min on 2
 cores in all: tokenizer 15 min, encoding the renders 3.5 min, transformer ~0.5 s/step).
 """
 

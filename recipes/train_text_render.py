@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
-from trl_var.data import make_heldout_dataset, make_text_render_dataset
+from trl_var.data import extract_quoted_spans, make_heldout_dataset, make_text_render_dataset
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
 from trl_var.visualization import make_image_grid
@@ -69,13 +69,14 @@ class ScriptArguments:
     )
     ocr_penalty: float = field(default=0.6, metadata={"help": "Weight lambda of the OCR reward's character penalty."})
     num_sample_prompts: int = field(
-        default=8, metadata={"help": "Held-out prompts shown in before_after.png (sampled before and after training)."}
+        default=8, metadata={"help": "Prompts shown in before_after.png (sampled before and after training)."}
     )
     num_heldout_prompts: int = field(
-        default=100,
+        default=0,
         metadata={
-            "help": "Held-out prompts (trl_var.data.HELDOUT_WORDS, never trained on) whose word accuracy is printed "
-            "before and after training, sampled with the eval_* settings (0: skip)."
+            "help": "Toy task only: held-out prompts (trl_var.data.HELDOUT_WORDS, never trained on) whose word "
+            "accuracy is printed before and after training, sampled with the eval_* settings (the CPU demo: 100). "
+            "0: score the first num_sample_prompts training prompts instead."
         },
     )
 
@@ -113,9 +114,13 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
     trainer = VARGRPOTrainer(
         model=model, reward_funcs=reward, args=training_args, train_dataset=dataset, processing_class=tokenizer
     )
-    heldout = make_heldout_dataset()
-    num_scored = max(script_args.num_heldout_prompts, script_args.num_sample_prompts)
-    prompts, targets = heldout["prompt"][:num_scored], heldout["text"][:num_scored]
+    if script_args.num_heldout_prompts > 0:
+        heldout = make_heldout_dataset()
+        num_scored = max(script_args.num_heldout_prompts, script_args.num_sample_prompts)
+        prompts, label = heldout["prompt"][:num_scored], "Held-out"
+    else:  # the dataset's own first prompts, scored against their quoted texts
+        prompts, label = dataset["prompt"][: script_args.num_sample_prompts], "Sample-prompt"
+    targets = [extract_quoted_spans(prompt) for prompt in prompts]
     main_process = trainer.accelerator.is_main_process
     if main_process:
         before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args)
@@ -141,14 +146,15 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
         path = os.path.join(training_args.output_dir, "before_after.png")
         grid.save(path)
         results = {
-            "num_heldout_prompts": len(prompts),
+            "prompts": label.lower(),
+            "num_prompts": len(prompts),
             "before": {k: before[k] for k in ("word_accuracy", "ned")},
             "after": {k: after[k] for k in ("word_accuracy", "ned")},
         }
-        with open(os.path.join(training_args.output_dir, "heldout_results.json"), "w") as f:
+        with open(os.path.join(training_args.output_dir, "before_after.json"), "w") as f:
             json.dump(results, f, indent=2)
         print(
-            f"Held-out word accuracy ({len(prompts)} prompts): {before['word_accuracy']:.3f} before, "
+            f"{label} word accuracy ({len(prompts)} prompts): {before['word_accuracy']:.3f} before, "
             f"{after['word_accuracy']:.3f} after training (NED {before['ned']:.3f} -> {after['ned']:.3f}). "
             f"Model saved to {training_args.output_dir}; samples in {path}."
         )
@@ -159,8 +165,8 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
 
 
 if __name__ == "__main__":
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in sys.argv[1:]):
-        # the CPU demo's YAML is the default config; options given on the command line override its values
+    if not {"--config", "--model_name_or_path", "--dataset_name"} & set(sys.argv[1:]):
+        # the CPU demo's YAML is the default config of a demo run; options given on the command line override it
         sys.argv[1:1] = ["--config", DEFAULT_CONFIG]
     parser = TrlParser(
         (ScriptArguments, VARGRPOConfig), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -81,5 +81,9 @@ def test_heldout_words_are_fixed_and_never_drawn_for_training():
     assert saved["train"]["prompt"] == heldout["prompt"] and saved["train"]["text"] == heldout["text"]
     assert not set(make_text_render_dataset(2000, seed=0)["text"]) & set(HELDOUT_WORDS)
     assert not set(make_render_dataset(300, seed=0)["text"]) & set(HELDOUT_WORDS)
+    # the held-out 3-letter words do not restrict other lengths or alphabets
+    assert len(make_text_render_dataset(8, word_length=2, seed=0)) == 8
+    assert set(make_text_render_dataset(8, word_length=1, alphabet="A", seed=0)["text"]) == {"A"}
+    assert len(make_render_dataset(4, word_length=(1, 2), seed=0)) == 4
     # every template ends with the quoted word (the fixed prompt-to-image offset the toy model relies on)
     assert all(template.endswith('"{word}"') for template in DEFAULT_TEMPLATES)

@@ -51,8 +51,8 @@ def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
     result = _run(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Held-out word accuracy (3 prompts):" in result.stdout
-    heldout = json.load(open(output_dir / "heldout_results.json"))
-    assert heldout["num_heldout_prompts"] == 3
+    heldout = json.load(open(output_dir / "before_after.json"))
+    assert heldout["prompts"] == "held-out" and heldout["num_prompts"] == 3
     assert all(0 <= heldout[when]["word_accuracy"] <= heldout[when]["ned"] <= 1 for when in ("before", "after"))
     assert (output_dir / "checkpoint-2" / "model.safetensors").exists()
     model = AutoModel.from_pretrained(output_dir)

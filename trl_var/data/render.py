@@ -71,8 +71,8 @@ def make_render_dataset(
     """
     style = style or RenderStyle()
     low, high = (word_length, word_length) if isinstance(word_length, int) else word_length
-    possible = len(alphabet) ** high
-    exclude_words = set(exclude_words)
+    possible = sum(len(set(alphabet)) ** n for n in range(low, high + 1))
+    exclude_words = {w for w in exclude_words if low <= len(w) <= high and set(w) <= set(alphabet)}
     if len(exclude_words) >= possible:
         raise ValueError(f"`exclude_words` ({len(exclude_words)}) leaves no word of length <= {high} to render.")
     rng = random.Random(seed)

@@ -74,8 +74,9 @@ def make_text_render_dataset(
     bad = [t for t in templates if "{word}" not in t]
     if bad:
         raise ValueError(f"Every template needs a '{{word}}' field; these have none: {bad}.")
-    excluded = set(exclude_words)
-    if len(excluded) >= sum(len(alphabet) ** n for n in range(low, high + 1)):
+    # only the words that could be drawn count (the held-out 3-letter words do not restrict 2-letter prompts)
+    excluded = {w for w in exclude_words if low <= len(w) <= high and set(w) <= set(alphabet)}
+    if len(excluded) >= sum(len(set(alphabet)) ** n for n in range(low, high + 1)):
         raise ValueError(f"`exclude_words` ({len(excluded)} words) leaves no word of length {low}-{high} to draw.")
     rng = random.Random(seed)
     words = []
