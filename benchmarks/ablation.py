@@ -5,17 +5,22 @@ scored along the way on the held-out prompts (words never used in pretraining no
 
     python benchmarks/ablation.py                                 # 5 variants x 3 seeds, the defaults below
     python benchmarks/ablation.py --variants plain full --seeds 0 # a subset
+    python benchmarks/ablation.py --variants full --eval_prompts validation --set learning_rate=3e-5 \
+        --output_dir outputs/pilot-lr3e-5 --results_dir outputs/pilot-lr3e-5 --report outputs/pilot-lr3e-5/table.md
+                                                                  # choosing a setting: never on the held-out prompts
     python benchmarks/ablation.py --help
 
 Every run starts from the recipe's config (recipes/configs/text_render_tiny.yaml, the one `make train` uses) with only
-the method's switches changed, and writes `output_dir/runs/<variant>-seed<k>.json` when it ends; started again, the
-script skips the runs that have their JSON, so an interrupted ablation resumes run by run. Then it writes
-`benchmarks/results/ablation.json`, `benchmarks/results/ablation.png` (held-out word accuracy against optimizer
-updates and against training wall-clock, mean +- std over seeds) and the table between the ablation markers of
-BENCHMARKS.md. Wall-clock counts training only, not the held-out evaluations.
+the method's switches (and `--set`'s fields) changed, and writes `output_dir/runs/<variant>-seed<k>.json` when it
+ends; started again, the script skips the runs that have their JSON, so an interrupted ablation resumes run by run (a
+run file made with other settings -- model, updates, evaluation, `--set` -- is an error: use another --output_dir).
+Then it writes `benchmarks/results/ablation.json`, `benchmarks/results/ablation.png` (held-out word accuracy against
+optimizer updates and against training wall-clock, mean +- sample std over seeds) and the table between the ablation
+markers of BENCHMARKS.md. Wall-clock counts training only, not the evaluations.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -51,11 +56,13 @@ VARIANTS = {
 }
 LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
 # Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
+VALIDATION_SEED = 777
+TITLES = {"heldout": "Held-out word accuracy", "validation": "Validation word accuracy"}
 SCRIPT_KEYS = {"num_prompts", "word_length", "model_name_or_path", "num_sample_prompts", "num_heldout_prompts"}
 
 
 class HeldoutEvaluation(TrainerCallback):
-    """Scores the held-out prompts at update 0 and every `every` updates; times training without the evaluations."""
+    """Scores the evaluation prompts at update 0 and every `every` updates; times training without the evaluations."""
 
     def __init__(self, tokenizer, prompts, targets, config: VARGRPOConfig, every: int):
         self.tokenizer, self.prompts, self.targets, self.config, self.every = (
@@ -71,15 +78,12 @@ class HeldoutEvaluation(TrainerCallback):
         self.train_seconds += time.perf_counter() - self._since if self._since is not None else 0.0
         was_training = model.training
         model.eval()
-        config = self.config
         scores = score_prompts(
             VARPipeline(model, self.tokenizer),
             self.prompts,
             self.targets,
-            guidance_scale=config.eval_guidance_scale or config.guidance_scale,
-            top_k=config.eval_top_k if config.eval_top_k is not None else config.top_k,
-            top_p=config.eval_top_p if config.eval_top_p is not None else config.top_p,
             seed=1234,  # the same sampling noise for every run and every point: only the model differs
+            **self.config.sampling_kwargs(evaluation=True),
         )
         model.train(was_training)
         point = {
@@ -100,10 +104,49 @@ class HeldoutEvaluation(TrainerCallback):
             self.evaluate(model, state.global_step)
 
 
+def evaluation_prompts(kind: str, num: int, word_length: int) -> tuple[list[str], list[str]]:
+    """The held-out prompts (what the benchmark reports), or validation prompts (what settings are chosen on)."""
+    if kind == "heldout":
+        data = make_heldout_dataset()
+    else:  # training-distribution words (never a held-out one), in prompts drawn with a seed no run trains with
+        data = make_text_render_dataset(num, word_length=word_length, seed=VALIDATION_SEED)
+    return list(data["prompt"])[:num], list(data["text"])[:num]
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` of `--set`, the value read as YAML (`1e-5`, `16`, `true`, `null`)."""
+    key, separator, value = text.partition("=")
+    if not separator or key not in {f.name for f in dataclasses.fields(VARGRPOConfig)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY a VARGRPOConfig field")
+    if key in {*FULL, "max_steps", "seed", "output_dir"}:
+        raise argparse.ArgumentTypeError(f"{key} is set by the script (--variants, --max_steps, --seeds), not --set")
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def run_settings(args) -> dict:
+    """What a run's result depends on besides its variant and seed: a run file is reused only if these match."""
+    model = os.path.relpath(args.model, ROOT) if os.path.isdir(args.model) else args.model
+    return {
+        "model": model,
+        "max_steps": args.max_steps,
+        "eval_every": args.eval_every,
+        "eval_prompts": args.eval_prompts,
+        "num_eval_prompts": args.num_eval_prompts,
+        "overrides": dict(args.set),
+    }
+
+
 def run(variant: str, seed: int, args) -> dict:
     with open(RECIPE_CONFIG) as f:
         recipe = yaml.safe_load(f)
     fields = {k: v for k, v in recipe.items() if k not in SCRIPT_KEYS}
+    fields.update(args.set)
     fields.update(VARIANTS[variant])
     fields.update(
         output_dir=os.path.join(args.output_dir, "checkpoints", f"{variant}-seed{seed}"),
@@ -122,8 +165,7 @@ def run(variant: str, seed: int, args) -> dict:
     dataset = make_text_render_dataset(
         recipe.get("num_prompts", 256), word_length=recipe.get("word_length", 3), seed=seed
     )
-    heldout = make_heldout_dataset()
-    prompts, targets = list(heldout["prompt"])[: args.num_heldout], list(heldout["text"])[: args.num_heldout]
+    prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, recipe.get("word_length", 3))
     evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every)
     trainer = VARGRPOTrainer(
         model=model,
@@ -138,7 +180,7 @@ def run(variant: str, seed: int, args) -> dict:
     return {
         "variant": variant,
         "seed": seed,
-        "max_steps": args.max_steps,
+        "settings": run_settings(args),
         "method": {key: getattr(config, key) for key in FULL},
         "points": evaluation.points,
         "train_seconds": evaluation.train_seconds,
@@ -147,7 +189,7 @@ def run(variant: str, seed: int, args) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Mean and std over seeds, per variant and evaluation point."""
+    """Mean and sample standard deviation (n - 1; 0 for one seed) over seeds, per variant and evaluation point."""
     summary = {}
     for variant in VARIANTS:
         mine = [r for r in runs if r["variant"] == variant]
@@ -163,19 +205,23 @@ def summarize(runs: list[dict]) -> dict:
                     "update": values[0]["update"],
                     "train_seconds": statistics.mean(v["train_seconds"] for v in values),
                     "word_accuracy": statistics.mean(accuracies),
-                    "word_accuracy_std": statistics.pstdev(accuracies),
+                    "word_accuracy_std": _std(accuracies),
                     "ned": statistics.mean(v["ned"] for v in values),
-                    "ned_std": statistics.pstdev([v["ned"] for v in values]),
+                    "ned_std": _std([v["ned"] for v in values]),
                 }
             )
         summary[variant] = {"seeds": sorted(r["seed"] for r in mine), "curve": curve}
     return summary
 
 
-def table(summary: dict, max_steps: int) -> str:
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(summary: dict, max_steps: int, prompts: str = "heldout") -> str:
     base = next(iter(summary.values()))["curve"][0]
     lines = [
-        f"Held-out word accuracy / NED ({len(next(iter(summary.values()))['seeds'])} seeds, mean +- std), "
+        f"{TITLES[prompts]} / NED ({len(next(iter(summary.values()))['seeds'])} seeds, mean +- sample std), "
         f"after {max_steps} optimizer updates from the shipped checkpoint (base: word accuracy "
         f"{base['word_accuracy']:.3f}, NED {base['ned']:.3f}).",
         "",
@@ -208,17 +254,17 @@ def write_outputs(summary: dict, runs: list[dict], args):
         }
 
     by_update = plot_curves(
-        curves("update"), title="Held-out word accuracy", xlabel="optimizer updates", ylabel="word accuracy"
+        curves("update"), title=TITLES[args.eval_prompts], xlabel="optimizer updates", ylabel="word accuracy"
     )
     by_time = plot_curves(
-        curves("train_seconds"), title="Held-out word accuracy", xlabel="training minutes", ylabel="word accuracy"
+        curves("train_seconds"), title=TITLES[args.eval_prompts], xlabel="training minutes", ylabel="word accuracy"
     )
     figure = Image.new("RGB", (by_update.width + by_time.width, max(by_update.height, by_time.height)), "white")
     figure.paste(by_update, (0, 0))
     figure.paste(by_time, (by_update.width, 0))
     figure.save(os.path.join(args.results_dir, "ablation.png"))
 
-    text = table(summary, args.max_steps)
+    text = table(summary, args.max_steps, args.eval_prompts)
     path = args.report
     with open(path) as f:
         document = f.read()
@@ -238,35 +284,55 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max_steps", type=int, default=100, help="Optimizer updates of every run.")
-    parser.add_argument("--eval_every", type=int, default=25, help="Held-out evaluation every N updates.")
-    parser.add_argument("--num_heldout", type=int, default=100, help="Held-out prompts scored (at most 100).")
+    parser.add_argument("--eval_every", type=int, default=25, help="Evaluation every N updates.")
+    parser.add_argument(
+        "--eval_prompts",
+        choices=["heldout", "validation"],
+        default="heldout",
+        help="heldout: the 100 held-out prompts (words never trained on), what the benchmark reports. validation: "
+        f"prompts of training-distribution words (seed {VALIDATION_SEED}), to choose settings on without looking at "
+        "the held-out ones.",
+    )
+    parser.add_argument("--num_eval_prompts", type=int, default=100, help="Prompts scored (held-out: at most 100).")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="Change VARGRPOConfig fields of every run from the recipe's YAML, e.g. --set learning_rate=3e-5.",
+    )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"), help="Runs and their JSON.")
     parser.add_argument("--results_dir", default=RESULTS, help="Where ablation.json and ablation.png go.")
     parser.add_argument("--report", default=os.path.join(ROOT, "BENCHMARKS.md"), help="Markdown file for the table.")
     args = parser.parse_args(argv)
+    for name in ("max_steps", "eval_every", "num_eval_prompts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     torch.set_num_threads(os.cpu_count())
 
     runs_dir = os.path.join(args.output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
+    settings, runs = run_settings(args), []
     for seed in args.seeds:  # seeds outermost: a partial ablation still compares every variant
         for variant in args.variants:
             path = os.path.join(runs_dir, f"{variant}-seed{seed}.json")
             if os.path.exists(path):
+                with open(path) as f:
+                    result = json.load(f)
+                if result.get("settings") != settings:
+                    raise SystemExit(
+                        f"{path} was run with {result.get('settings')}, not with this invocation's {settings}. "
+                        f"Use another --output_dir (or delete the file to run it again)."
+                    )
                 print(f"{variant} seed {seed}: done already ({path})")
-                continue
-            print(f"=== {LABELS[variant]}, seed {seed} ===", flush=True)
-            result = run(variant, seed, args)
-            with open(path + ".tmp", "w") as f:
-                json.dump(result, f, indent=2)
-            os.replace(path + ".tmp", path)
-
-    runs = []
-    for name in sorted(os.listdir(runs_dir)):
-        if name.endswith(".json"):
-            with open(os.path.join(runs_dir, name)) as f:
-                run_result = json.load(f)
-            if run_result["max_steps"] == args.max_steps:
-                runs.append(run_result)
+            else:
+                print(f"=== {LABELS[variant]}, seed {seed} ===", flush=True)
+                result = run(variant, seed, args)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(result, f, indent=2)
+                os.replace(path + ".tmp", path)
+            runs.append(result)
     write_outputs(summarize(runs), runs, args)
 
 

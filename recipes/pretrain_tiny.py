@@ -22,11 +22,11 @@ cores in all: tokenizer 15 min, encoding the renders 3.5 min, transformer ~0.5 s
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -36,9 +36,8 @@ import trl_var
 from trl_var import MultiScaleVQModel, VARConfig, VARForImageGeneration, VARPipeline
 from trl_var.data import HELDOUT_WORDS, make_heldout_dataset
 from trl_var.data.render import RenderStyle, make_render_dataset, render_word
-from trl_var.evaluation import score_prompts
+from trl_var.evaluation import read_images, score_prompts
 from trl_var.models.pipeline_var import images_to_pil
-from trl_var.rewards import read_text
 
 
 def tiny_text_render_model(tokenizer, hidden_size: int = 128, num_layers: int = 4) -> VARForImageGeneration:
@@ -56,6 +55,7 @@ def tiny_text_render_model(tokenizer, hidden_size: int = 128, num_layers: int = 
             "num_key_value_heads": max(1, hidden_size // 64),
             "vocab_size": len(tokenizer),
             "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
             "max_position_embeddings": 512,
         },
         vq_config={
@@ -129,9 +129,7 @@ def train_tokenizer(args, vq: MultiScaleVQModel) -> MultiScaleVQModel:
 
 def read_accuracy(images, words) -> float:
     """Share of images whose Tesseract read is exactly their word (case-insensitive)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        reads = list(pool.map(read_text, images))
-    return sum(" ".join(w.text for w in read).upper() == word for read, word in zip(reads, words)) / len(words)
+    return sum(read.upper() == word for read, word in zip(read_images(images), words)) / len(words)
 
 
 def tokenizer_quality(vq: MultiScaleVQModel, num_images: int = 128, seed: int = 12345) -> dict:
@@ -162,14 +160,27 @@ def prompt_gap(model, tokenizer, prompts, image_ids) -> float:
     return (true.mean() - null.mean()).item()
 
 
+def fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights: what an encoding cache must match."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def encoded_renders(args, vq: MultiScaleVQModel, folder: str) -> dict:
     """
     The transformer's training set: `--num_images` renders of training words (never a held-out one), encoded once by
     the frozen tokenizer and cached in `folder/renders.pt` (the tokenizer is the costly part of a step otherwise).
     """
     path = os.path.join(folder, "renders.pt")
+    key = {"num_images": args.num_images, "word_length": args.word_length, "tokenizer": fingerprint(vq)}
     if os.path.exists(path):
-        return torch.load(path)
+        cache = torch.load(path)
+        if cache.get("key") == key:
+            return cache
+        print(f"{path} was encoded with {cache.get('key')}, not {key}: encoding the renders again.")
     prompts, ids = [], []
     chunk = 256
     for start in tqdm(range(0, args.num_images, chunk), desc="encoding renders"):
@@ -180,7 +191,7 @@ def encoded_renders(args, vq: MultiScaleVQModel, folder: str) -> dict:
             grids = vq.encode(to_tensor(list(data["image"])))
         ids.append(torch.cat([g.flatten(1) for g in grids], 1).to(torch.int16))
         prompts += list(data["prompt"])
-    cache = {"prompts": prompts, "image_ids": torch.cat(ids)}
+    cache = {"prompts": prompts, "image_ids": torch.cat(ids), "key": key}
     os.makedirs(folder, exist_ok=True)
     torch.save(cache, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -284,6 +295,11 @@ def main():
     parser.add_argument("--quality_images", type=int, default=128, help="Renders read for the tokenizer's gate.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.eval_every and args.eval_every % args.save_every:
+        parser.error(
+            f"--eval_every ({args.eval_every}) must be a multiple of --save_every ({args.save_every}): snapshots and "
+            "held-out evaluations happen at save steps."
+        )
     torch.manual_seed(args.seed)
 
     tokenizer = trl_var.build_char_tokenizer()

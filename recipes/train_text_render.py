@@ -83,17 +83,8 @@ class ScriptArguments:
 
 def heldout_scores(model, tokenizer, prompts, targets, args: VARGRPOConfig) -> dict:
     """Word accuracy and NED of one sample per held-out prompt, with the evaluation sampling settings."""
-    return score_prompts(
-        VARPipeline(model, tokenizer),
-        prompts,
-        targets,
-        guidance_scale=args.eval_guidance_scale or args.guidance_scale,
-        guidance_schedule=args.guidance_schedule,
-        top_k=args.eval_top_k if args.eval_top_k is not None else args.top_k,
-        top_p=args.eval_top_p if args.eval_top_p is not None else args.top_p,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    pipeline = VARPipeline(model, tokenizer)
+    return score_prompts(pipeline, prompts, targets, seed=args.seed, **args.sampling_kwargs(evaluation=True))
 
 
 def main(script_args: ScriptArguments, training_args: VARGRPOConfig):

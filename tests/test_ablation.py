@@ -16,7 +16,7 @@ def _run(variant, seed, accuracies, seconds=(0.0, 30.0, 60.0)):
         {"update": 10 * i, "train_seconds": s, "word_accuracy": a, "ned": (1 + a) / 2}
         for i, (a, s) in enumerate(zip(accuracies, seconds))
     ]
-    return {"variant": variant, "seed": seed, "max_steps": 20, "points": points}
+    return {"variant": variant, "seed": seed, "points": points}
 
 
 def test_variants_switch_exactly_one_addition_on_over_plain_grpo():
@@ -39,11 +39,38 @@ def test_summary_averages_seeds_point_by_point_and_the_table_reports_the_gain():
     assert list(summary) == ["plain", "full"]  # the order of VARIANTS
     last = summary["full"]["curve"][-1]
     assert last["update"] == 20 and last["word_accuracy"] == pytest.approx(0.55)
-    assert last["word_accuracy_std"] == pytest.approx(0.05) and last["train_seconds"] == pytest.approx(60.0)
+    # the sample std (n - 1) of 0.5 and 0.6: 0.05 * sqrt(2)
+    assert last["word_accuracy_std"] == pytest.approx(0.0707, abs=1e-4) and last["train_seconds"] == pytest.approx(
+        60.0
+    )
     assert summary["plain"]["curve"][1]["word_accuracy"] == pytest.approx(0.3)
     text = ablation.table(summary, 20)
-    assert "| full (VMR+PANW+MP) | 2 | 0.550 +- 0.050 | +0.350 |" in text
-    assert "| plain GRPO | 2 | 0.350 +- 0.050 | +0.150 |" in text and "base: word accuracy 0.200" in text
+    assert "| full (VMR+PANW+MP) | 2 | 0.550 +- 0.071 | +0.350 |" in text
+    assert "| plain GRPO | 2 | 0.350 +- 0.071 | +0.150 |" in text and "base: word accuracy 0.200" in text
+    assert ablation.summarize([_run("mp", 3, [0.2, 0.3])])["mp"]["curve"][-1]["word_accuracy_std"] == 0.0
+
+
+@pytest.mark.parametrize("option", ["--max_steps", "--eval_every", "--num_eval_prompts"])
+def test_non_positive_counts_are_refused_by_name(option, capsys):
+    with pytest.raises(SystemExit):
+        ablation.main([option, "0"])
+    assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_set_overrides_config_fields_but_not_the_scripts_own(capsys):
+    assert ablation.parse_override("learning_rate=3e-5") == ("learning_rate", 3e-5)
+    assert ablation.parse_override("eval_top_k=null") == ("eval_top_k", None)
+    for bad, message in (("learning_rat=1", "VARGRPOConfig field"), ("panw_alpha=0", "set by the script")):
+        with pytest.raises(SystemExit):
+            ablation.main(["--set", bad])
+        assert message in capsys.readouterr().err
+
+
+def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_prompts():
+    prompts, targets = ablation.evaluation_prompts("validation", 50, word_length=3)
+    assert len(prompts) == len(targets) == 50 and all(f'"{t}"' in p for p, t in zip(prompts, targets))
+    heldout_prompts, heldout_targets = ablation.evaluation_prompts("heldout", 100, word_length=3)
+    assert not set(targets) & set(heldout_targets) and len(heldout_prompts) == 100
 
 
 @pytest.mark.slow
@@ -51,7 +78,7 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("# Benchmarks\n\nintro\n")
     argv = ["--variants", "plain", "full", "--seeds", "0", "--max_steps", "1", "--eval_every", "1"]
-    argv += ["--num_heldout", "2", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path)]
+    argv += ["--num_eval_prompts", "2", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path)]
     argv += ["--report", str(report)]
     ablation.main(argv)
     result = json.load(open(tmp_path / "ablation.json"))
@@ -69,3 +96,15 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     ablation.main(argv)
     assert capsys.readouterr().out.count("done already") == 2
     assert report.read_text().count(ablation.MARKERS[0]) == 1
+    assert full["settings"] == {
+        "model": "recipes/models/var-tiny-text-render",
+        "max_steps": 1,
+        "eval_every": 1,
+        "eval_prompts": "heldout",
+        "num_eval_prompts": 2,
+        "overrides": {},
+    }
+
+    # Other settings in the same folder: refused by name, never mixed into the summary.
+    with pytest.raises(SystemExit, match="max_steps': 1.*max_steps': 2.*another --output_dir"):
+        ablation.main([*argv, "--max_steps", "2"])

@@ -406,3 +406,40 @@ def test_recipe_evaluates_a_toy_set_writes_the_table_and_resumes(tmp_path, tiny_
     assert (output_dir / "samples.jsonl").read_bytes() == samples_before
     assert {path: os.stat(path).st_mtime_ns for path in (output_dir / "images").iterdir()} == image_times
     assert json.loads((output_dir / "results.json").read_text()) == results
+
+    # The model retrained into the same folder: its samples are not reused as if they were the new model's.
+    torch.manual_seed(1)
+    retrained = VARForImageGeneration(tiny_pipeline.model.config)
+    VARPipeline(retrained, tiny_pipeline.tokenizer).save_pretrained(tmp_path / "model")
+    result = _run_recipe(*args)
+    assert result.returncode != 0 and "holds an evaluation with other settings (model_revision: " in result.stderr
+
+
+def test_read_images_reads_renders_in_order():
+    import random
+
+    from trl_var.data.render import RenderStyle, render_word
+    from trl_var.evaluation import read_images
+
+    rng = random.Random(0)
+    words = ["CAT", "MAX", "SHE", "ARK"]
+    assert read_images([render_word(word, RenderStyle(), rng) for word in words], num_workers=2) == words
+
+
+def test_score_prompts_is_seeded_and_scores_what_tesseract_read():
+    from trl_var.data import make_heldout_dataset
+    from trl_var.evaluation import score_prompts
+
+    pipeline = load_pipeline(os.path.join(ROOT, "recipes", "models", "var-tiny-text-render"), device="cpu")
+    heldout = make_heldout_dataset().select(range(6))
+    prompts, targets = list(heldout["prompt"]), list(heldout["text"])
+    sampling = {"guidance_scale": 3.0, "top_k": 2, "top_p": 0.9}
+    first = score_prompts(pipeline, prompts, targets, batch_size=4, seed=7, **sampling)
+    again = score_prompts(pipeline, prompts, targets, batch_size=4, seed=7, **sampling)
+    assert first["predictions"] == again["predictions"] and len(first["images"]) == 6
+    assert [image.tobytes() for image in first["images"]] == [image.tobytes() for image in again["images"]]
+    # one target word per image, correct when it is among the words read (case-insensitive)
+    found = sum(target.lower() in read.lower().split() for read, target in zip(first["predictions"], targets))
+    assert first["word_accuracy"] == pytest.approx(found / len(targets))
+    other = score_prompts(pipeline, prompts, targets, batch_size=4, seed=8, **sampling)
+    assert [image.tobytes() for image in other["images"]] != [image.tobytes() for image in first["images"]]

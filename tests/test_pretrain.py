@@ -58,6 +58,18 @@ def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_pat
     cache = torch.load(tmp_path / "var" / "renders.pt")
     assert cache["image_ids"].shape == (20, 130) and len(cache["prompts"]) == 20
     assert not any(f'"{word}"' in prompt for prompt in cache["prompts"] for word in HELDOUT_WORDS)
+    assert cache["key"]["num_images"] == 20 and len(cache["key"]["tokenizer"]) == 16
+    # another --num_images: the cache no longer matches and is rebuilt, not silently reused
+    capsys.readouterr()
+    _run(monkeypatch, *common, "--stage", "var", "--var_steps", "3", "--num_images", "12")
+    assert "encoding the renders again" in capsys.readouterr().out
+    assert torch.load(tmp_path / "var" / "renders.pt")["image_ids"].shape == (12, 130)
+
+
+def test_eval_every_must_be_a_multiple_of_save_every(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _run(monkeypatch, "--output_dir", str(tmp_path), "--save_every", "100", "--eval_every", "150")
+    assert "--eval_every (150) must be a multiple of --save_every (100)" in capsys.readouterr().err
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth(monkeypatch):
@@ -87,3 +99,15 @@ def test_heldout_words_are_fixed_and_never_drawn_for_training():
     assert len(make_render_dataset(4, word_length=(1, 2), seed=0)) == 4
     # every template ends with the quoted word (the fixed prompt-to-image offset the toy model relies on)
     assert all(template.endswith('"{word}"') for template in DEFAULT_TEMPLATES)
+
+
+def test_shipped_model_declares_its_tokenizers_pad_and_eos_tokens():
+    """Else the trainer 'aligns' them at start with a warning (transformers' align_special_tokens)."""
+    from transformers import AutoTokenizer
+
+    folder = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    text_config = model.config.get_text_config()
+    assert (text_config.pad_token_id, text_config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    generation = model.generation_config
+    assert (generation.pad_token_id, generation.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -234,3 +234,12 @@ def test_config_defaults_follow_the_paper_and_stay_cpu_sane(tmp_path):
     assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     with pytest.raises(ValueError, match="guidance_schedule"):
         VARGRPOConfig(output_dir=str(tmp_path), guidance_schedule="cosine")
+
+
+def test_sampling_kwargs_are_the_rollouts_and_evaluation_overrides_only_what_is_set(tmp_path):
+    args = VARGRPOConfig(
+        output_dir=str(tmp_path), guidance_scale=3.0, guidance_schedule="linear", top_k=0, top_p=1.0, eval_top_k=2
+    )
+    rollouts = {"guidance_scale": 3.0, "guidance_schedule": "linear", "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    assert args.sampling_kwargs() == rollouts
+    assert args.sampling_kwargs(evaluation=True) == {**rollouts, "top_k": 2}

@@ -11,6 +11,7 @@ The OCR engine is Tesseract, where the benchmark uses PaddleOCR: compare models 
 with the absolute numbers of the papers.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import evaluate
 import numpy as np
 import PIL.Image
 import torch
+import transformers
 from datasets import Dataset
 from tqdm.auto import tqdm
 
@@ -79,6 +81,24 @@ def load_pipeline(
     return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def model_revision(config: transformers.PreTrainedConfig) -> str | None:
+    """
+    What tells one version of a model's weights from another, so that a resumed evaluation never mixes two models
+    saved under one name: for a model loaded from a local folder, a hash of the names, sizes and modification times of
+    its weight files (a model retrained into the same folder is another revision); for a Hub download, the commit
+    hash; else (a model built in memory) `None`.
+    """
+    path = config._name_or_path
+    if path and os.path.isdir(path):
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(path)):
+            if name.endswith((".safetensors", ".bin")):
+                stat = os.stat(os.path.join(path, name))
+                digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return digest.hexdigest()[:16]
+    return getattr(config, "_commit_hash", None)
+
+
 def score_prompts(
     pipeline: VARPipeline,
     prompts: list[str],
@@ -92,6 +112,7 @@ def score_prompts(
     top_p: float = 0.9,
     temperature: float = 1.0,
     ocr_psm: int = 7,
+    ocr_timeout: float = 60,
     num_workers: int | None = None,
 ) -> dict[str, Any]:
     """
@@ -99,8 +120,9 @@ def score_prompts(
     (pretraining's progress, `make train`'s before/after, the ablation), with nothing written to disk.
 
     Images are sampled in blocks of `batch_size` rows, block `k` seeded with `(seed, k)`, so the same model, prompts
-    and seed give the same images. Sampling arguments as in [`evaluate_text_rendering`]; `ocr_psm` defaults to 7
-    (one text line), the right mode for single-word renders.
+    and seed give the same images. Sampling arguments as in [`evaluate_text_rendering`] (a [`VARGRPOConfig`]'s
+    `sampling_kwargs(evaluation=True)` gives them); `ocr_psm` defaults to 7 (one text line), the right mode for
+    single-word renders; a Tesseract call still running after `ocr_timeout` seconds raises `TimeoutError`.
 
     Returns:
         `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image) and `images`.
@@ -118,15 +140,26 @@ def score_prompts(
             temperature=temperature,
             generator=generator,
         ).images
-    with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count()) as pool:
-        reads = list(pool.map(lambda image: read_text(image, psm=ocr_psm), images))
-    predictions = [" ".join(word.text for word in read) for read in reads]
+    predictions = read_images(images, psm=ocr_psm, timeout=ocr_timeout, num_workers=num_workers)
     return {
         "word_accuracy": functional.word_accuracy(predictions, targets),
         "ned": functional.ned(predictions, targets),
         "predictions": predictions,
         "images": images,
     }
+
+
+def read_images(
+    images: list[PIL.Image.Image], *, psm: int = 7, timeout: float = 60, num_workers: int | None = None
+) -> list[str]:
+    """
+    Tesseract's read of every image (its words joined by single spaces), one tesseract process per image, `num_workers`
+    (default: `os.cpu_count()`) at a time. A call still running after `timeout` seconds raises `TimeoutError` rather
+    than hanging the caller (`0`: wait forever).
+    """
+    with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
+        reads = list(pool.map(lambda image: read_text(image, psm=psm, timeout=timeout), images))
+    return [" ".join(word.text for word in read) for read in reads]
 
 
 def evaluate_text_rendering(
@@ -203,6 +236,7 @@ def evaluate_text_rendering(
         rows = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_samples].tolist())
     config = {
         "model": pipeline.model.config._name_or_path,
+        "model_revision": model_revision(pipeline.model.config),
         "num_rows": len(dataset),
         "num_samples": len(rows),
         "batch_size": batch_size,

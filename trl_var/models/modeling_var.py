@@ -153,7 +153,9 @@ class VARForImageGeneration(VARPreTrainedModel):
 
         self._no_split_modules = self.model._no_split_modules
         # TRL reads and writes the pad and eos ids here. Sampling is `generate` below, not `GenerationMixin`.
-        self.generation_config = GenerationConfig(pad_token_id=config.text_config.pad_token_id)
+        self.generation_config = GenerationConfig(
+            pad_token_id=config.text_config.pad_token_id, eos_token_id=config.text_config.eos_token_id
+        )
         self.post_init()
 
     # ------------------------------------------------------------------ layout helpers

@@ -262,3 +262,27 @@ class VARGRPOConfig(GRPOConfig):
             raise ValueError(f"`panw_alpha` must be >= 0 (0 turns PANW off), got {self.panw_alpha}.")
         if self.mask_dilation < 0:
             raise ValueError(f"`mask_dilation` must be >= 0, got {self.mask_dilation}.")
+
+    def sampling_kwargs(self, evaluation: bool = False) -> dict:
+        """
+        The sampling arguments of the rollouts, as [`VARPipeline.__call__`] and the model's `generate` take them, or,
+        with `evaluation=True`, of evaluation: `eval_guidance_scale`, `eval_top_k` and `eval_top_p` override their
+        rollout counterparts where set.
+
+        Example: `score_prompts(pipeline, prompts, targets, **args.sampling_kwargs(evaluation=True))`.
+        """
+        sampling = {
+            "guidance_scale": self.guidance_scale,
+            "guidance_schedule": self.guidance_schedule,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+        }
+        if evaluation:
+            overrides = {
+                "guidance_scale": self.eval_guidance_scale,
+                "top_k": self.eval_top_k,
+                "top_p": self.eval_top_p,
+            }
+            sampling.update({name: value for name, value in overrides.items() if value is not None})
+        return sampling

@@ -239,20 +239,7 @@ class VARGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
         stage = self._rollout_stage
-        sampling = {
-            "guidance_scale": self.args.guidance_scale,
-            "guidance_schedule": self.args.guidance_schedule,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-        }
-        if mode == "eval":  # evaluation may decode differently from the training rollouts
-            evaluation = {
-                "guidance_scale": self.args.eval_guidance_scale,
-                "top_k": self.args.eval_top_k,
-                "top_p": self.args.eval_top_p,
-            }
-            sampling.update({name: value for name, value in evaluation.items() if value is not None})
+        sampling = self.args.sampling_kwargs(evaluation=mode == "eval")  # evaluation may decode differently
         chunk = self._rows_per_call(stage, len(prompts))
         prompt_ids, rollout_ids, rollout_logprobs, full_ids, decoded = [], [], [], [], []
         with (
