@@ -21,8 +21,10 @@ markers of BENCHMARKS.md. Wall-clock counts training only, not the evaluations.
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -33,7 +35,7 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
-from trl_var.data import make_heldout_dataset, make_text_render_dataset
+from trl_var.data import HELDOUT_WORDS, make_heldout_dataset, make_text_render_dataset
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
 from trl_var.visualization import plot_curves
@@ -43,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_CONFIG = os.path.join(ROOT, "recipes", "configs", "text_render_tiny.yaml")
 SHIPPED_MODEL = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+BENCHMARKS = os.path.join(ROOT, "BENCHMARKS.md")
 MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
 
 OFF = {"vmr_prefix_scales": 0, "panw_alpha": 0.0, "mask_propagation": False}
@@ -55,10 +58,23 @@ VARIANTS = {
     "full": dict(FULL),
 }
 LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
-# Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
 VALIDATION_SEED = 777
 TITLES = {"heldout": "Held-out word accuracy", "validation": "Validation word accuracy"}
+# Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
 SCRIPT_KEYS = {"num_prompts", "word_length", "model_name_or_path", "num_sample_prompts", "num_heldout_prompts"}
+# VARGRPOConfig fields every run sets itself (besides the method's switches and those from its own options).
+FIXED_FIELDS = {
+    "save_strategy": "no",
+    "report_to": "none",
+    "log_completions": False,
+    "disable_tqdm": True,
+}
+OPTION_FIELDS = {
+    "output_dir": "--output_dir",
+    "max_steps": "--max_steps",
+    "seed": "--seeds",
+    "logging_steps": "--eval_every",
+}
 
 
 class HeldoutEvaluation(TrainerCallback):
@@ -118,22 +134,34 @@ def parse_override(text: str) -> tuple[str, object]:
     key, separator, value = text.partition("=")
     if not separator or key not in {f.name for f in dataclasses.fields(VARGRPOConfig)}:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY a VARGRPOConfig field")
-    if key in {*FULL, "max_steps", "seed", "output_dir"}:
-        raise argparse.ArgumentTypeError(f"{key} is set by the script (--variants, --max_steps, --seeds), not --set")
+    if key in FULL:
+        raise argparse.ArgumentTypeError(f"{key} is set by the script (--variants), not --set")
+    if key in OPTION_FIELDS:
+        raise argparse.ArgumentTypeError(f"{key} is set by the script ({OPTION_FIELDS[key]}), not --set")
+    if key in FIXED_FIELDS:
+        raise argparse.ArgumentTypeError(f"{key} is fixed by the script to {FIXED_FIELDS[key]!r}")
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        return key, float(value)
     parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
+    if not isinstance(parsed, (str, int, float, bool, type(None))):
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a number, a string, true/false or null")
     return key, parsed
+
+
+def recipe_fields() -> dict:
+    """The recipe's YAML (`make train`'s config) without its script-only keys: every run's starting config."""
+    with open(RECIPE_CONFIG) as f:
+        recipe = yaml.safe_load(f)
+    return {key: value for key, value in recipe.items() if key not in SCRIPT_KEYS}
 
 
 def run_settings(args) -> dict:
     """What a run's result depends on besides its variant and seed: a run file is reused only if these match."""
     model = os.path.relpath(args.model, ROOT) if os.path.isdir(args.model) else args.model
+    recipe = json.dumps(recipe_fields(), sort_keys=True).encode()
     return {
         "model": model,
+        "recipe": hashlib.sha256(recipe).hexdigest()[:16],
         "max_steps": args.max_steps,
         "eval_every": args.eval_every,
         "eval_prompts": args.eval_prompts,
@@ -145,18 +173,12 @@ def run_settings(args) -> dict:
 def run(variant: str, seed: int, args) -> dict:
     with open(RECIPE_CONFIG) as f:
         recipe = yaml.safe_load(f)
-    fields = {k: v for k, v in recipe.items() if k not in SCRIPT_KEYS}
-    fields.update(args.set)
-    fields.update(VARIANTS[variant])
+    fields = {**recipe_fields(), **dict(args.set), **VARIANTS[variant], **FIXED_FIELDS}
     fields.update(
         output_dir=os.path.join(args.output_dir, "checkpoints", f"{variant}-seed{seed}"),
         max_steps=args.max_steps,
         seed=seed,
-        save_strategy="no",
-        report_to="none",
         logging_steps=args.eval_every,
-        log_completions=False,
-        disable_tqdm=True,
     )
     config = VARGRPOConfig(**fields)
     set_seed(seed)
@@ -298,22 +320,33 @@ def main(argv: list[str] | None = None):
         "--set",
         nargs="+",
         type=parse_override,
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="Change VARGRPOConfig fields of every run from the recipe's YAML, e.g. --set learning_rate=3e-5.",
     )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"), help="Runs and their JSON.")
     parser.add_argument("--results_dir", default=RESULTS, help="Where ablation.json and ablation.png go.")
-    parser.add_argument("--report", default=os.path.join(ROOT, "BENCHMARKS.md"), help="Markdown file for the table.")
+    parser.add_argument("--report", default=BENCHMARKS, help="Markdown file for the table.")
     args = parser.parse_args(argv)
     for name in ("max_steps", "eval_every", "num_eval_prompts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.eval_prompts == "heldout" and args.num_eval_prompts > len(HELDOUT_WORDS):
+        parser.error(
+            f"--num_eval_prompts: there are {len(HELDOUT_WORDS)} held-out prompts, got {args.num_eval_prompts}."
+        )
+    publishes = args.results_dir == RESULTS or os.path.abspath(args.report) == os.path.abspath(BENCHMARKS)
+    if publishes and (args.eval_prompts != "heldout" or args.set):
+        parser.error(
+            "--eval_prompts validation and --set runs choose settings; they do not replace the published held-out "
+            "results: pass your own --results_dir and --report."
+        )
     torch.set_num_threads(os.cpu_count())
 
     runs_dir = os.path.join(args.output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-    settings, runs = run_settings(args), []
+    settings = run_settings(args)
     for seed in args.seeds:  # seeds outermost: a partial ablation still compares every variant
         for variant in args.variants:
             path = os.path.join(runs_dir, f"{variant}-seed{seed}.json")
@@ -326,13 +359,25 @@ def main(argv: list[str] | None = None):
                         f"Use another --output_dir (or delete the file to run it again)."
                     )
                 print(f"{variant} seed {seed}: done already ({path})")
+                continue
+            print(f"=== {LABELS[variant]}, seed {seed} ===", flush=True)
+            result = run(variant, seed, args)
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=2)
+            os.replace(path + ".tmp", path)
+
+    # The summary covers every run of the folder made with these settings, not only this invocation's: running a
+    # subset (another seed, a variant more) adds to the table rather than replacing it.
+    runs = []
+    for name in sorted(os.listdir(runs_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(runs_dir, name)) as f:
+                result = json.load(f)
+            if result.get("settings") == settings:
+                runs.append(result)
             else:
-                print(f"=== {LABELS[variant]}, seed {seed} ===", flush=True)
-                result = run(variant, seed, args)
-                with open(path + ".tmp", "w") as f:
-                    json.dump(result, f, indent=2)
-                os.replace(path + ".tmp", path)
-            runs.append(result)
+                print(f"Not in the summary (other settings): {name}")
+    runs.sort(key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"])))
     write_outputs(summarize(runs), runs, args)
 
 

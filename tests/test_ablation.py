@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import sys
@@ -60,10 +61,26 @@ def test_non_positive_counts_are_refused_by_name(option, capsys):
 def test_set_overrides_config_fields_but_not_the_scripts_own(capsys):
     assert ablation.parse_override("learning_rate=3e-5") == ("learning_rate", 3e-5)
     assert ablation.parse_override("eval_top_k=null") == ("eval_top_k", None)
-    for bad, message in (("learning_rat=1", "VARGRPOConfig field"), ("panw_alpha=0", "set by the script")):
+    bad_overrides = (
+        ("learning_rat=1", "VARGRPOConfig field"),
+        ("panw_alpha=0", "set by the script (--variants)"),
+        ("logging_steps=5", "set by the script (--eval_every)"),
+        ("report_to=wandb", "fixed by the script to 'none'"),
+    )
+    for bad, message in bad_overrides:
         with pytest.raises(SystemExit):
             ablation.main(["--set", bad])
         assert message in capsys.readouterr().err
+
+
+def test_choosing_settings_never_overwrites_the_published_results_and_held_out_prompts_are_100(capsys):
+    for argv in (["--set", "learning_rate=3e-5"], ["--eval_prompts", "validation"]):
+        with pytest.raises(SystemExit):
+            ablation.main(argv)
+        assert "pass your own --results_dir and --report" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--num_eval_prompts", "150"])
+    assert "there are 100 held-out prompts, got 150" in capsys.readouterr().err
 
 
 def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_prompts():
@@ -71,6 +88,19 @@ def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_
     assert len(prompts) == len(targets) == 50 and all(f'"{t}"' in p for p, t in zip(prompts, targets))
     heldout_prompts, heldout_targets = ablation.evaluation_prompts("heldout", 100, word_length=3)
     assert not set(targets) & set(heldout_targets) and len(heldout_prompts) == 100
+
+
+def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
+    args = argparse.Namespace(
+        model=ablation.SHIPPED_MODEL, max_steps=1, eval_every=1, eval_prompts="heldout", num_eval_prompts=2, set=[]
+    )
+    before = ablation.run_settings(args)
+    assert before["model"] == "recipes/models/var-tiny-text-render" and len(before["recipe"]) == 16
+    changed = tmp_path / "recipe.yaml"
+    changed.write_text(open(ablation.RECIPE_CONFIG).read() + "\nwarmup_steps: 7\n")
+    monkeypatch.setattr(ablation, "RECIPE_CONFIG", str(changed))
+    assert ablation.run_settings(args)["recipe"] != before["recipe"]
+    assert ablation.recipe_fields()["warmup_steps"] == 7 and "num_heldout_prompts" not in ablation.recipe_fields()
 
 
 @pytest.mark.slow
@@ -98,12 +128,17 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     assert report.read_text().count(ablation.MARKERS[0]) == 1
     assert full["settings"] == {
         "model": "recipes/models/var-tiny-text-render",
+        "recipe": full["settings"]["recipe"],  # a hash of the recipe's YAML (see the test above)
         "max_steps": 1,
         "eval_every": 1,
         "eval_prompts": "heldout",
         "num_eval_prompts": 2,
         "overrides": {},
     }
+
+    # A subset run (one variant) summarizes every run of the folder with its settings: the table keeps both variants.
+    ablation.main(["--variants", "full", *argv[3:]])
+    assert set(json.load(open(tmp_path / "ablation.json"))["summary"]) == {"plain", "full"}
 
     # Other settings in the same folder: refused by name, never mixed into the summary.
     with pytest.raises(SystemExit, match="max_steps': 1.*max_steps': 2.*another --output_dir"):

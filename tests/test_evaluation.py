@@ -354,6 +354,14 @@ def test_evaluation_resumes_after_a_crash_with_the_same_images(tmp_path, cvtg_fo
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 4
     assert (tmp_path / "run" / "images" / "000003.png").read_bytes() == first_image
 
+    # A folder of an older version, which did not record the model revision: resumed, and the setting recorded.
+    config_path = tmp_path / "run" / "evaluation_config.json"
+    config = json.loads(config_path.read_text())
+    del config["model_revision"]
+    config_path.write_text(json.dumps(config))
+    assert evaluate_text_rendering(tiny_pipeline, dataset, tmp_path / "run", **settings)["rows"] == results["rows"]
+    assert json.loads(config_path.read_text())["model_revision"] is None  # a model built in memory
+
     with pytest.raises(ValueError, match=r"other settings \(seed: 0 then, 1 now\)"):
         evaluate_text_rendering(tiny_pipeline, dataset, tmp_path / "run", **settings, seed=1)
 

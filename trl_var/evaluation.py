@@ -86,7 +86,8 @@ def model_revision(config: transformers.PreTrainedConfig) -> str | None:
     What tells one version of a model's weights from another, so that a resumed evaluation never mixes two models
     saved under one name: for a model loaded from a local folder, a hash of the names, sizes and modification times of
     its weight files (a model retrained into the same folder is another revision); for a Hub download, the commit
-    hash; else (a model built in memory) `None`.
+    hash; else (a model built in memory) `None`. It errs on the safe side: a copy of the folder that does not keep the
+    files' times (`cp` without `-p`) is another revision, and a resume is refused rather than mixing two models.
     """
     path = config._name_or_path
     if path and os.path.isdir(path):
@@ -122,7 +123,7 @@ def score_prompts(
     Images are sampled in blocks of `batch_size` rows, block `k` seeded with `(seed, k)`, so the same model, prompts
     and seed give the same images. Sampling arguments as in [`evaluate_text_rendering`] (a [`VARGRPOConfig`]'s
     `sampling_kwargs(evaluation=True)` gives them); `ocr_psm` defaults to 7 (one text line), the right mode for
-    single-word renders; a Tesseract call still running after `ocr_timeout` seconds raises `TimeoutError`.
+    single-word renders; an image Tesseract has not read within `ocr_timeout` seconds counts as read empty.
 
     Returns:
         `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image) and `images`.
@@ -154,12 +155,19 @@ def read_images(
 ) -> list[str]:
     """
     Tesseract's read of every image (its words joined by single spaces), one tesseract process per image, `num_workers`
-    (default: `os.cpu_count()`) at a time. A call still running after `timeout` seconds raises `TimeoutError` rather
-    than hanging the caller (`0`: wait forever).
+    (default: `os.cpu_count()`) at a time. An image Tesseract has not read after `timeout` seconds is counted as read
+    empty, with a warning, rather than hanging the caller (`0`: wait forever).
     """
+
+    def read(image: PIL.Image.Image) -> str:
+        try:
+            return " ".join(word.text for word in read_text(image, psm=psm, timeout=timeout))
+        except TimeoutError:
+            logger.warning(f"Tesseract did not read an image within {timeout} s: counted as read empty.")
+            return ""
+
     with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
-        reads = list(pool.map(lambda image: read_text(image, psm=psm, timeout=timeout), images))
-    return [" ".join(word.text for word in read) for read in reads]
+        return list(pool.map(read, images))
 
 
 def evaluate_text_rendering(
@@ -372,14 +380,23 @@ def _check_or_write_config(output_dir: str | os.PathLike, config: dict[str, Any]
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as file:
             previous = json.load(file)
-        changed = {key: (previous.get(key), value) for key, value in config.items() if previous.get(key) != value}
+        unrecorded = [key for key in config if key not in previous]  # settings an older version did not record
+        if unrecorded:
+            logger.warning(
+                f"{path} does not record {unrecorded} (written by an older trl_var); resuming on the assumption that "
+                "they did not change."
+            )
+        changed = {
+            key: (previous[key], value) for key, value in config.items() if key in previous and previous[key] != value
+        }
         if changed:
             details = ", ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
             raise ValueError(
                 f"{output_dir} holds an evaluation with other settings ({details}); its samples cannot be reused. "
                 f"Use another output directory, or delete this one to start over."
             )
-        return
+        if not unrecorded:
+            return
     with open(path, "w", encoding="utf-8") as file:
         json.dump(config, file, indent=2)
 
