@@ -5,6 +5,8 @@ scored along the way on the held-out prompts (words never used in pretraining no
 
     python benchmarks/ablation.py                                 # 5 variants x 3 seeds, the defaults below
     python benchmarks/ablation.py --variants plain full --seeds 0 # a subset
+    python benchmarks/ablation.py --name ablation-long --variants plain full --seeds 0 --max_steps 1000 \
+        --eval_every 100 --output_dir outputs/ablation-long       # a long study, with a table of its own
     python benchmarks/ablation.py --variants full --eval_prompts validation --set learning_rate=3e-5 \
         --output_dir outputs/pilot-lr3e-5 --results_dir outputs/pilot-lr3e-5 --report outputs/pilot-lr3e-5/table.md
                                                                   # choosing a setting: never on the held-out prompts
@@ -14,9 +16,9 @@ Every run starts from the recipe's config (recipes/configs/text_render_tiny.yaml
 the method's switches (and `--set`'s fields) changed, and writes `output_dir/runs/<variant>-seed<k>.json` when it
 ends; started again, the script skips the runs that have their JSON, so an interrupted ablation resumes run by run (a
 run file made with other settings -- model, updates, evaluation, `--set` -- is an error: use another --output_dir).
-Then it writes `benchmarks/results/ablation.json`, `benchmarks/results/ablation.png` (held-out word accuracy against
-optimizer updates and against training wall-clock, mean +- sample std over seeds) and the table between the ablation
-markers of BENCHMARKS.md. Wall-clock counts training only, not the evaluations.
+Then it writes `benchmarks/results/<name>.json`, `benchmarks/results/<name>.png` (held-out word accuracy against
+optimizer updates and against training wall-clock, mean +- sample std over seeds) and the table between the `<name>`
+markers of BENCHMARKS.md (`--name` defaults to `ablation`). Wall-clock counts training only, not the evaluations.
 """
 
 import argparse
@@ -46,7 +48,14 @@ RECIPE_CONFIG = os.path.join(ROOT, "recipes", "configs", "text_render_tiny.yaml"
 SHIPPED_MODEL = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 BENCHMARKS = os.path.join(ROOT, "BENCHMARKS.md")
-MARKERS = ("<!-- ablation:start -->", "<!-- ablation:end -->")
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments that delimit a named table in the report, replaced in place by the next run of that name."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+MARKERS = markers("ablation")
 
 OFF = {"vmr_prefix_scales": 0, "panw_alpha": 0.0, "mask_propagation": False}
 FULL = {"vmr_prefix_scales": None, "panw_alpha": 0.6, "mask_propagation": True}
@@ -262,7 +271,7 @@ def table(summary: dict, max_steps: int, prompts: str = "heldout") -> str:
 
 def write_outputs(summary: dict, runs: list[dict], args):
     os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "ablation.json"), "w") as f:
+    with open(os.path.join(args.results_dir, f"{args.name}.json"), "w") as f:
         json.dump({"settings": vars(args), "summary": summary, "runs": runs}, f, indent=2)
 
     def curves(x_key):
@@ -284,17 +293,20 @@ def write_outputs(summary: dict, runs: list[dict], args):
     figure = Image.new("RGB", (by_update.width + by_time.width, max(by_update.height, by_time.height)), "white")
     figure.paste(by_update, (0, 0))
     figure.paste(by_time, (by_update.width, 0))
-    figure.save(os.path.join(args.results_dir, "ablation.png"))
+    figure.save(os.path.join(args.results_dir, f"{args.name}.png"))
 
     text = table(summary, args.max_steps, args.eval_prompts)
     path = args.report
-    with open(path) as f:
-        document = f.read()
-    if MARKERS[0] in document:
-        head, rest = document.split(MARKERS[0], 1)
-        document = head + MARKERS[0] + "\n" + text + "\n" + MARKERS[1] + rest.split(MARKERS[1], 1)[1]
+    document = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            document = f.read()
+    start, end = markers(args.name)
+    if start in document:
+        head, rest = document.split(start, 1)
+        document = head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
     else:
-        document += f"\n## Ablation (`benchmarks/ablation.py`)\n\n{MARKERS[0]}\n{text}\n{MARKERS[1]}\n"
+        document += f"\n## {args.name} (`benchmarks/ablation.py --name {args.name}`)\n\n{start}\n{text}\n{end}\n"
     with open(path, "w") as f:
         f.write(document)
     print(text)
@@ -326,7 +338,13 @@ def main(argv: list[str] | None = None):
         help="Change VARGRPOConfig fields of every run from the recipe's YAML, e.g. --set learning_rate=3e-5.",
     )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "ablation"), help="Runs and their JSON.")
-    parser.add_argument("--results_dir", default=RESULTS, help="Where ablation.json and ablation.png go.")
+    parser.add_argument("--results_dir", default=RESULTS, help="Where <name>.json and <name>.png go.")
+    parser.add_argument(
+        "--name",
+        default="ablation",
+        help="Names the results (<name>.json, <name>.png) and the table's markers in --report (<!-- <name>:start -->), "
+        "so that several studies (e.g. a short one over many seeds, a long one) keep their own.",
+    )
     parser.add_argument("--report", default=BENCHMARKS, help="Markdown file for the table.")
     args = parser.parse_args(argv)
     for name in ("max_steps", "eval_every", "num_eval_prompts"):

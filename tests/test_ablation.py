@@ -140,6 +140,13 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     ablation.main(["--variants", "full", *argv[3:]])
     assert set(json.load(open(tmp_path / "ablation.json"))["summary"]) == {"plain", "full"}
 
+    # A named study: its own files and its own table in the same report, next to the first.
+    ablation.main([*argv, "--name", "ablation-long", "--report", str(tmp_path / "new.md")])
+    ablation.main([*argv, "--name", "ablation-long"])
+    assert (tmp_path / "ablation-long.json").exists() and (tmp_path / "ablation-long.png").exists()
+    assert report.read_text().count("<!-- ablation-long:start -->") == 1 and ablation.MARKERS[0] in report.read_text()
+    assert "<!-- ablation-long:end -->" in (tmp_path / "new.md").read_text()  # a report that did not exist yet
+
     # Other settings in the same folder: refused by name, never mixed into the summary.
     with pytest.raises(SystemExit, match="max_steps': 1.*max_steps': 2.*another --output_dir"):
         ablation.main([*argv, "--max_steps", "2"])
