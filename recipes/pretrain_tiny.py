@@ -43,7 +43,7 @@ from trl_var.models.pipeline_var import images_to_pil
 def tiny_text_render_model(tokenizer, hidden_size: int = 128, num_layers: int = 4) -> VARForImageGeneration:
     """
     A randomly initialized tiny model for 64x64 images (stride 8, scales 1,2,3,4,6,8 = 130 tokens): by default a
-    0.9M-parameter transformer (hidden 128, 4 layers) and a 1.0M-parameter tokenizer.
+    0.87M-parameter transformer (hidden 128, 4 layers) and a 1.0M-parameter tokenizer.
     """
     config = VARConfig(
         text_config={
