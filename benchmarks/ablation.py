@@ -164,6 +164,14 @@ def recipe_fields() -> dict:
     return {key: value for key, value in recipe.items() if key not in SCRIPT_KEYS}
 
 
+def num_training_prompts(args) -> int:
+    """`--num_prompts`, else the recipe's `num_prompts` (256: the 100-update ablation sees each about 0.8 times)."""
+    if args.num_prompts is not None:
+        return args.num_prompts
+    with open(RECIPE_CONFIG) as f:
+        return yaml.safe_load(f).get("num_prompts", 256)
+
+
 def run_settings(args) -> dict:
     """What a run's result depends on besides its variant and seed: a run file is reused only if these match."""
     model = os.path.relpath(args.model, ROOT) if os.path.isdir(args.model) else args.model
@@ -171,6 +179,7 @@ def run_settings(args) -> dict:
     return {
         "model": model,
         "recipe": hashlib.sha256(recipe).hexdigest()[:16],
+        "num_prompts": num_training_prompts(args),
         "max_steps": args.max_steps,
         "eval_every": args.eval_every,
         "eval_prompts": args.eval_prompts,
@@ -193,9 +202,7 @@ def run(variant: str, seed: int, args) -> dict:
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     model = AutoModel.from_pretrained(args.model)
-    dataset = make_text_render_dataset(
-        recipe.get("num_prompts", 256), word_length=recipe.get("word_length", 3), seed=seed
-    )
+    dataset = make_text_render_dataset(num_training_prompts(args), word_length=recipe.get("word_length", 3), seed=seed)
     prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, recipe.get("word_length", 3))
     evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every)
     trainer = VARGRPOTrainer(
@@ -329,6 +336,13 @@ def main(argv: list[str] | None = None):
     )
     parser.add_argument("--num_eval_prompts", type=int, default=100, help="Prompts scored (held-out: at most 100).")
     parser.add_argument(
+        "--num_prompts",
+        type=int,
+        default=None,
+        help="Training prompts per run (synthetic, seeded by the run's seed). Default: the recipe's num_prompts (256). "
+        "An update uses 2 prompts (x 8 images), so 1,000 updates see 256 prompts ~8 times each, 2,000 prompts once.",
+    )
+    parser.add_argument(
         "--set",
         nargs="+",
         type=parse_override,
@@ -347,8 +361,8 @@ def main(argv: list[str] | None = None):
     )
     parser.add_argument("--report", default=BENCHMARKS, help="Markdown file for the table.")
     args = parser.parse_args(argv)
-    for name in ("max_steps", "eval_every", "num_eval_prompts"):
-        if getattr(args, name) < 1:
+    for name in ("max_steps", "eval_every", "num_eval_prompts", "num_prompts"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.eval_prompts == "heldout" and args.num_eval_prompts > len(HELDOUT_WORDS):
         parser.error(

@@ -51,7 +51,7 @@ def test_summary_averages_seeds_point_by_point_and_the_table_reports_the_gain():
     assert ablation.summarize([_run("mp", 3, [0.2, 0.3])])["mp"]["curve"][-1]["word_accuracy_std"] == 0.0
 
 
-@pytest.mark.parametrize("option", ["--max_steps", "--eval_every", "--num_eval_prompts"])
+@pytest.mark.parametrize("option", ["--max_steps", "--eval_every", "--num_eval_prompts", "--num_prompts"])
 def test_non_positive_counts_are_refused_by_name(option, capsys):
     with pytest.raises(SystemExit):
         ablation.main([option, "0"])
@@ -92,9 +92,19 @@ def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_
 
 def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
     args = argparse.Namespace(
-        model=ablation.SHIPPED_MODEL, max_steps=1, eval_every=1, eval_prompts="heldout", num_eval_prompts=2, set=[]
+        model=ablation.SHIPPED_MODEL,
+        max_steps=1,
+        eval_every=1,
+        eval_prompts="heldout",
+        num_eval_prompts=2,
+        num_prompts=None,
+        set=[],
     )
     before = ablation.run_settings(args)
+    assert (
+        before["num_prompts"] == 256
+        and ablation.run_settings(argparse.Namespace(**{**vars(args), "num_prompts": 9}))["num_prompts"] == 9
+    )
     assert before["model"] == "recipes/models/var-tiny-text-render" and len(before["recipe"]) == 16
     changed = tmp_path / "recipe.yaml"
     changed.write_text(open(ablation.RECIPE_CONFIG).read() + "\nwarmup_steps: 7\n")
@@ -129,6 +139,7 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     assert full["settings"] == {
         "model": "recipes/models/var-tiny-text-render",
         "recipe": full["settings"]["recipe"],  # a hash of the recipe's YAML (see the test above)
+        "num_prompts": 256,
         "max_steps": 1,
         "eval_every": 1,
         "eval_prompts": "heldout",
