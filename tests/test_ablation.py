@@ -48,6 +48,7 @@ def test_summary_averages_seeds_point_by_point_and_the_table_reports_the_gain():
     text = ablation.table(summary, 20)
     assert "| full (VMR+PANW+MP) | 2 | 0.550 +- 0.071 | +0.350 |" in text
     assert "| plain GRPO | 2 | 0.350 +- 0.071 | +0.150 |" in text and "base: word accuracy 0.200" in text
+    assert "| 1.0 min | 0.550 (20, 1.0 min) |" in text  # the best point of the full method's mean curve
     assert ablation.summarize([_run("mp", 3, [0.2, 0.3])])["mp"]["curve"][-1]["word_accuracy_std"] == 0.0
 
 
