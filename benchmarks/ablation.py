@@ -258,8 +258,9 @@ def _std(values: list[float]) -> float:
 
 def table(summary: dict, max_steps: int, prompts: str = "heldout") -> str:
     base = next(iter(summary.values()))["curve"][0]
+    num_seeds = len(next(iter(summary.values()))["seeds"])
     lines = [
-        f"{TITLES[prompts]} / NED ({len(next(iter(summary.values()))['seeds'])} seeds, mean +- sample std), "
+        f"{TITLES[prompts]} / NED ({num_seeds} seed{'s' if num_seeds > 1 else ''}, mean +- sample std), "
         f"after {max_steps} optimizer updates from the shipped checkpoint (base: word accuracy "
         f"{base['word_accuracy']:.3f}, NED {base['ned']:.3f}).",
         "",
