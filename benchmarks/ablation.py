@@ -157,29 +157,33 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, parsed
 
 
-def recipe_fields() -> dict:
-    """The recipe's YAML (`make train`'s config) without its script-only keys: every run's starting config."""
+def load_recipe() -> dict:
+    """The recipe's YAML, `make train`'s config: VARGRPOConfig fields and the recipe's own keys (SCRIPT_KEYS)."""
     with open(RECIPE_CONFIG) as f:
-        recipe = yaml.safe_load(f)
+        return yaml.safe_load(f)
+
+
+def recipe_fields(recipe: dict | None = None) -> dict:
+    """The recipe's VARGRPOConfig fields: every run's starting config."""
+    recipe = load_recipe() if recipe is None else recipe
     return {key: value for key, value in recipe.items() if key not in SCRIPT_KEYS}
 
 
-def num_training_prompts(args) -> int:
+def num_training_prompts(args, recipe: dict | None = None) -> int:
     """`--num_prompts`, else the recipe's `num_prompts` (256: the 100-update ablation sees each about 0.8 times)."""
     if args.num_prompts is not None:
         return args.num_prompts
-    with open(RECIPE_CONFIG) as f:
-        return yaml.safe_load(f).get("num_prompts", 256)
+    return (load_recipe() if recipe is None else recipe).get("num_prompts", 256)
 
 
 def run_settings(args) -> dict:
     """What a run's result depends on besides its variant and seed: a run file is reused only if these match."""
     model = os.path.relpath(args.model, ROOT) if os.path.isdir(args.model) else args.model
-    recipe = json.dumps(recipe_fields(), sort_keys=True).encode()
+    recipe = load_recipe()
     return {
         "model": model,
-        "recipe": hashlib.sha256(recipe).hexdigest()[:16],
-        "num_prompts": num_training_prompts(args),
+        "recipe": hashlib.sha256(json.dumps(recipe_fields(recipe), sort_keys=True).encode()).hexdigest()[:16],
+        "num_prompts": num_training_prompts(args, recipe),
         "max_steps": args.max_steps,
         "eval_every": args.eval_every,
         "eval_prompts": args.eval_prompts,
@@ -189,9 +193,8 @@ def run_settings(args) -> dict:
 
 
 def run(variant: str, seed: int, args) -> dict:
-    with open(RECIPE_CONFIG) as f:
-        recipe = yaml.safe_load(f)
-    fields = {**recipe_fields(), **dict(args.set), **VARIANTS[variant], **FIXED_FIELDS}
+    recipe = load_recipe()
+    fields = {**recipe_fields(recipe), **dict(args.set), **VARIANTS[variant], **FIXED_FIELDS}
     fields.update(
         output_dir=os.path.join(args.output_dir, "checkpoints", f"{variant}-seed{seed}"),
         max_steps=args.max_steps,
@@ -202,8 +205,9 @@ def run(variant: str, seed: int, args) -> dict:
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     model = AutoModel.from_pretrained(args.model)
-    dataset = make_text_render_dataset(num_training_prompts(args), word_length=recipe.get("word_length", 3), seed=seed)
-    prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, recipe.get("word_length", 3))
+    word_length = recipe.get("word_length", 3)
+    dataset = make_text_render_dataset(num_training_prompts(args, recipe), word_length=word_length, seed=seed)
+    prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, word_length)
     evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every)
     trainer = VARGRPOTrainer(
         model=model,
