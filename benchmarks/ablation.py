@@ -24,8 +24,10 @@ markers of BENCHMARKS.md (`--name` defaults to `ablation`). Wall-clock counts tr
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -37,7 +39,13 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
-from trl_var.data import HELDOUT_WORDS, make_heldout_dataset, make_text_render_dataset
+from trl_var.data import (
+    DEFAULT_ALPHABET,
+    DEFAULT_TEMPLATES,
+    HELDOUT_WORDS,
+    make_heldout_dataset,
+    make_text_render_dataset,
+)
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
 from trl_var.visualization import plot_curves
@@ -68,6 +76,7 @@ VARIANTS = {
 }
 LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
 VALIDATION_SEED = 777
+NUM_VALIDATION_WORDS = 200
 TITLES = {"heldout": "Held-out word accuracy", "validation": "Validation word accuracy"}
 # Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
 SCRIPT_KEYS = {"num_prompts", "word_length", "model_name_or_path", "num_sample_prompts", "num_heldout_prompts"}
@@ -129,13 +138,41 @@ class HeldoutEvaluation(TrainerCallback):
             self.evaluate(model, state.global_step)
 
 
+def validation_words(word_length: int) -> tuple[str, ...]:
+    """
+    `NUM_VALIDATION_WORDS` words of the training distribution (pretraining rendered them) that validation runs keep out
+    of their RL prompts: like the held-out words, the policy is scored on words it never trained on, so a setting that
+    only memorizes its training words does not win. Drawn once with `VALIDATION_SEED`; never a held-out word.
+    """
+    words = sorted(
+        "".join(letters)
+        for letters in itertools.product(DEFAULT_ALPHABET, repeat=word_length)
+        if "".join(letters) not in HELDOUT_WORDS
+    )
+    if len(words) < NUM_VALIDATION_WORDS:
+        raise ValueError(f"{len(words)} words of length {word_length}: too few for {NUM_VALIDATION_WORDS} validation words.")
+    return tuple(random.Random(VALIDATION_SEED).sample(words, NUM_VALIDATION_WORDS))
+
+
 def evaluation_prompts(kind: str, num: int, word_length: int) -> tuple[list[str], list[str]]:
     """The held-out prompts (what the benchmark reports), or validation prompts (what settings are chosen on)."""
     if kind == "heldout":
         data = make_heldout_dataset()
-    else:  # training-distribution words (never a held-out one), in prompts drawn with a seed no run trains with
-        data = make_text_render_dataset(num, word_length=word_length, seed=VALIDATION_SEED)
+    else:
+        words = validation_words(word_length)
+        data = {"prompt": [DEFAULT_TEMPLATES[i % len(DEFAULT_TEMPLATES)].format(word=w) for i, w in enumerate(words)]}
+        data["text"] = list(words)
     return list(data["prompt"])[:num], list(data["text"])[:num]
+
+
+def training_dataset(args, recipe: dict, seed: int):
+    """The run's RL prompts (seeded by the run's seed): never a held-out word, nor a validation word when validating."""
+    word_length = recipe.get("word_length", 3)
+    excluded = HELDOUT_WORDS
+    if args.eval_prompts == "validation":
+        excluded = HELDOUT_WORDS + validation_words(word_length)
+    num = num_training_prompts(args, recipe)
+    return make_text_render_dataset(num, word_length=word_length, exclude_words=excluded, seed=seed)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -189,6 +226,8 @@ def run_settings(args) -> dict:
         "eval_prompts": args.eval_prompts,
         "num_eval_prompts": args.num_eval_prompts,
         "overrides": dict(args.set),
+        # validation runs keep the validation words out of their RL prompts (before 2026-11-25 they did not)
+        **({"validation_words": "excluded from training"} if args.eval_prompts == "validation" else {}),
     }
 
 
@@ -205,9 +244,8 @@ def run(variant: str, seed: int, args) -> dict:
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     model = AutoModel.from_pretrained(args.model)
-    word_length = recipe.get("word_length", 3)
-    dataset = make_text_render_dataset(num_training_prompts(args, recipe), word_length=word_length, seed=seed)
-    prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, word_length)
+    dataset = training_dataset(args, recipe, seed)
+    prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, recipe.get("word_length", 3))
     evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every)
     trainer = VARGRPOTrainer(
         model=model,
@@ -343,10 +381,15 @@ def main(argv: list[str] | None = None):
         choices=["heldout", "validation"],
         default="heldout",
         help="heldout: the 100 held-out prompts (words never trained on), what the benchmark reports. validation: "
-        f"prompts of training-distribution words (seed {VALIDATION_SEED}), to choose settings on without looking at "
-        "the held-out ones.",
+        f"{NUM_VALIDATION_WORDS} words of the training distribution (drawn with seed {VALIDATION_SEED}) that the run "
+        "keeps out of its RL prompts, to choose settings on without looking at the held-out ones.",
     )
-    parser.add_argument("--num_eval_prompts", type=int, default=100, help="Prompts scored (held-out: at most 100).")
+    parser.add_argument(
+        "--num_eval_prompts",
+        type=int,
+        default=100,
+        help=f"Prompts scored (held-out: at most 100, validation: at most {NUM_VALIDATION_WORDS}).",
+    )
     parser.add_argument(
         "--num_prompts",
         type=int,
@@ -376,10 +419,9 @@ def main(argv: list[str] | None = None):
     for name in ("max_steps", "eval_every", "num_eval_prompts", "num_prompts"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    if args.eval_prompts == "heldout" and args.num_eval_prompts > len(HELDOUT_WORDS):
-        parser.error(
-            f"--num_eval_prompts: there are {len(HELDOUT_WORDS)} held-out prompts, got {args.num_eval_prompts}."
-        )
+    available = len(HELDOUT_WORDS) if args.eval_prompts == "heldout" else NUM_VALIDATION_WORDS
+    if args.num_eval_prompts > available:
+        parser.error(f"--num_eval_prompts: there are {available} {args.eval_prompts} prompts, got {args.num_eval_prompts}.")
     publishes = args.results_dir == RESULTS or os.path.abspath(args.report) == os.path.abspath(BENCHMARKS)
     if publishes and (args.eval_prompts != "heldout" or args.set):
         parser.error(

@@ -81,14 +81,33 @@ def test_choosing_settings_never_overwrites_the_published_results_and_held_out_p
         assert "pass your own --results_dir and --report" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ablation.main(["--num_eval_prompts", "150"])
-    assert "there are 100 held-out prompts, got 150" in capsys.readouterr().err
+    assert "there are 100 heldout prompts, got 150" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--eval_prompts", "validation", "--num_eval_prompts", "250"])
+    assert "there are 200 validation prompts, got 250" in capsys.readouterr().err
 
 
 def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_prompts():
     prompts, targets = ablation.evaluation_prompts("validation", 50, word_length=3)
     assert len(prompts) == len(targets) == 50 and all(f'"{t}"' in p for p, t in zip(prompts, targets))
+    assert len(set(targets)) == 50  # distinct words, the first of the fixed validation words
+    assert targets == list(ablation.validation_words(3)[:50])
     heldout_prompts, heldout_targets = ablation.evaluation_prompts("heldout", 100, word_length=3)
     assert not set(targets) & set(heldout_targets) and len(heldout_prompts) == 100
+
+
+def test_validation_runs_keep_the_validation_words_out_of_their_training_prompts():
+    words = ablation.validation_words(3)
+    assert len(words) == len(set(words)) == ablation.NUM_VALIDATION_WORDS == 200
+    args = argparse.Namespace(eval_prompts="validation", num_prompts=2000)
+    trained = set(ablation.training_dataset(args, {"word_length": 3}, seed=0)["text"])
+    assert not trained & set(words) and not trained & set(ablation.HELDOUT_WORDS)
+    assert len(trained) > 600  # 2,000 draws cover nearly all of the 700 words left
+    # held-out runs train on the recipe's prompts, validation words included (make train's data is unchanged)
+    args.eval_prompts = "heldout"
+    heldout_run = ablation.training_dataset(args, {"word_length": 3}, seed=0)
+    assert heldout_run["text"] == ablation.make_text_render_dataset(2000, seed=0)["text"]
+    assert set(heldout_run["text"]) & set(words)
 
 
 def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
