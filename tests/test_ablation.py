@@ -79,6 +79,9 @@ def test_choosing_settings_never_overwrites_the_published_results_and_held_out_p
         with pytest.raises(SystemExit):
             ablation.main(argv)
         assert "pass your own --results_dir and --report" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # validation runs are never published, whatever their name
+        ablation.main(["--eval_prompts", "validation", "--name", "pilot"])
+    assert "pass your own --results_dir and --report" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ablation.main(["--num_eval_prompts", "150"])
     assert "there are 100 heldout prompts, got 150" in capsys.readouterr().err
@@ -181,3 +184,30 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     # Other settings in the same folder: refused by name, never mixed into the summary.
     with pytest.raises(SystemExit, match="max_steps': 1.*max_steps': 2.*another --output_dir"):
         ablation.main([*argv, "--max_steps", "2"])
+
+
+def test_a_held_out_confirmation_of_a_chosen_setting_publishes_under_its_own_name(tmp_path, monkeypatch):
+    class Started(Exception):
+        pass
+
+    def run(variant, seed, args):
+        raise Started(variant, seed, dict(args.set))
+
+    monkeypatch.setattr(ablation, "run", run)
+    argv = ["--variants", "full", "--seeds", "0", "--set", "per_device_train_batch_size=32"]
+    argv += ["--name", "confirm", "--output_dir", str(tmp_path)]
+    with pytest.raises(Started) as started:  # past the publishing check, into the first run
+        ablation.main(argv)
+    assert started.value.args == ("full", 0, {"per_device_train_batch_size": 32})
+
+
+def test_table_names_the_settings_changed_from_the_recipe():
+    summary = ablation.summarize([_run("full", 0, [0.4, 0.5, 0.6])])
+    plain = ablation.table(summary, 20)
+    changed = ablation.table(summary, 20, overrides={"per_device_train_batch_size": 32, "top_k": 8})
+    assert "after 20 optimizer updates from the shipped checkpoint (base" in plain
+    assert (
+        "after 20 optimizer updates from the shipped checkpoint with the recipe changed by "
+        "`per_device_train_batch_size=32`, `top_k=8` (base: word accuracy 0.400" in changed
+    )
+    assert "| full (VMR+PANW+MP) | 1 | 0.600 +- 0.000 | +0.200 |" in changed
