@@ -355,20 +355,24 @@ def write_outputs(summary: dict, runs: list[dict], args):
     figure.save(os.path.join(args.results_dir, f"{args.name}.png"))
 
     text = table(summary, args.max_steps, args.eval_prompts, dict(args.set))
-    path = args.report
+    write_section(args.report, args.name, text, f"benchmarks/ablation.py --name {args.name}")
+    print(text)
+
+
+def write_section(path: str, name: str, text: str, command: str):
+    """Puts `text` between the `name` markers of the Markdown file `path`, or appends a section (made by `command`)."""
     document = ""
     if os.path.exists(path):
         with open(path) as f:
             document = f.read()
-    start, end = markers(args.name)
+    start, end = markers(name)
     if start in document:
         head, rest = document.split(start, 1)
         document = head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
     else:
-        document += f"\n## {args.name} (`benchmarks/ablation.py --name {args.name}`)\n\n{start}\n{text}\n{end}\n"
+        document += f"\n## {name} (`{command}`)\n\n{start}\n{text}\n{end}\n"
     with open(path, "w") as f:
         f.write(document)
-    print(text)
 
 
 def main(argv: list[str] | None = None):

@@ -34,3 +34,14 @@ def test_tally_gives_fractions_of_all_reads():
         "letters": 0.4,
         "wrong_letter_at": [0.2, 0.4, 0.0],
     }
+
+
+def test_table_and_report_section(tmp_path):
+    rows = [{"model": "m", "prompts": "heldout", **letter_errors.tally(["MAH", "MNH"], ["MAH", "MAH"])}]
+    text = letter_errors.table(rows)
+    assert text.splitlines()[0].endswith("| wrong letter 1 | wrong letter 2 | wrong letter 3 |")
+    assert text.splitlines()[2] == "| `m` | heldout | 2 | 0.50 | 0.00 | 0.00 | 0.50 | 0.00 | 0.50 | 0.00 |"
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("intro\n<!-- letter-errors:start -->\nold\n<!-- letter-errors:end -->\nrest\n")
+    letter_errors.ablation.write_section(str(report), "letter-errors", text, "benchmarks/letter_errors.py")
+    assert report.read_text() == f"intro\n<!-- letter-errors:start -->\n{text}\n<!-- letter-errors:end -->\nrest\n"
