@@ -5,6 +5,7 @@ import sys
 
 import PIL.Image
 import pytest
+import torch
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,9 @@ def test_summary_averages_seeds_point_by_point_and_the_table_reports_the_gain():
     assert ablation.summarize([_run("mp", 3, [0.2, 0.3])])["mp"]["curve"][-1]["word_accuracy_std"] == 0.0
 
 
-@pytest.mark.parametrize("option", ["--max_steps", "--eval_every", "--num_eval_prompts", "--num_prompts"])
+@pytest.mark.parametrize(
+    "option", ["--max_steps", "--eval_every", "--num_eval_prompts", "--eval_samples", "--num_prompts"]
+)
 def test_non_positive_counts_are_refused_by_name(option, capsys):
     with pytest.raises(SystemExit):
         ablation.main([option, "0"])
@@ -120,6 +123,7 @@ def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
         eval_every=1,
         eval_prompts="heldout",
         num_eval_prompts=2,
+        eval_samples=1,
         num_prompts=None,
         set=[],
     )
@@ -128,6 +132,9 @@ def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
         before["num_prompts"] == 256
         and ablation.run_settings(argparse.Namespace(**{**vars(args), "num_prompts": 9}))["num_prompts"] == 9
     )
+    # one image per prompt is what runs made before --eval_samples existed: their settings (and files) still match
+    assert "eval_samples" not in before
+    assert ablation.run_settings(argparse.Namespace(**{**vars(args), "eval_samples": 4}))["eval_samples"] == 4
     assert before["model"] == "recipes/models/var-tiny-text-render" and len(before["recipe"]) == 16
     changed = tmp_path / "recipe.yaml"
     changed.write_text(open(ablation.RECIPE_CONFIG).read() + "\nwarmup_steps: 7\n")
@@ -211,3 +218,21 @@ def test_table_names_the_settings_changed_from_the_recipe():
         "`per_device_train_batch_size=32`, `top_k=8` (base: word accuracy 0.400" in changed
     )
     assert "| full (VMR+PANW+MP) | 1 | 0.600 +- 0.000 | +0.200 |" in changed
+    assert "(1 seed, mean +- sample std, 4 images per prompt), after 20" in ablation.table(summary, 20, samples=4)
+
+
+def test_evaluation_scores_every_prompt_eval_samples_times(monkeypatch):
+    seen = {}
+
+    def score_prompts(pipeline, prompts, targets, seed, **sampling):
+        seen.update(prompts=prompts, targets=targets, sampling=sampling)
+        return {"word_accuracy": 0.5, "ned": 0.75}
+
+    monkeypatch.setattr(ablation, "score_prompts", score_prompts)
+    monkeypatch.setattr(ablation, "VARPipeline", lambda model, tokenizer: None)
+    config = ablation.VARGRPOConfig(**ablation.recipe_fields())
+    evaluation = ablation.HeldoutEvaluation(None, ["p1", "p2"], ["A", "B"], config, every=5, samples=3)
+    evaluation.evaluate(torch.nn.Linear(1, 1), step=0)
+    assert seen["prompts"] == ["p1", "p2"] * 3 and seen["targets"] == ["A", "B"] * 3
+    assert seen["sampling"]["top_k"] == 2 and seen["sampling"]["guidance_scale"] == 3.0  # the recipe's eval sampling
+    assert evaluation.points == [{"update": 0, "train_seconds": 0.0, "word_accuracy": 0.5, "ned": 0.75}]
