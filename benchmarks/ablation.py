@@ -8,8 +8,11 @@ scored along the way on the held-out prompts (words never used in pretraining no
     python benchmarks/ablation.py --name ablation-long --variants plain full --seeds 0 --max_steps 1000 \
         --eval_every 100 --output_dir outputs/ablation-long       # a long study, with a table of its own
     python benchmarks/ablation.py --variants full --eval_prompts validation --set learning_rate=3e-5 \
-        --output_dir outputs/pilot-lr3e-5 --results_dir outputs/pilot-lr3e-5 --report outputs/pilot-lr3e-5/table.md
+        --output_dir outputs/val-lr3e-5 --results_dir outputs/val-lr3e-5 --report outputs/val-lr3e-5/table.md
                                                                   # choosing a setting: never on the held-out prompts
+    python benchmarks/ablation.py --name ablation-batch32 --variants full --seeds 0 --max_steps 450 --eval_every 50 \
+        --num_prompts 1800 --set per_device_train_batch_size=32 --output_dir outputs/ablation-batch32
+                                                                  # confirming it on them, under a name of its own
     python benchmarks/ablation.py --help
 
 Every run starts from the recipe's config (recipes/configs/text_render_tiny.yaml, the one `make train` uses) with only
@@ -19,6 +22,9 @@ run file made with other settings -- model, updates, evaluation, `--set` -- is a
 Then it writes `benchmarks/results/<name>.json`, `benchmarks/results/<name>.png` (held-out word accuracy against
 optimizer updates and against training wall-clock, mean +- sample std over seeds) and the table between the `<name>`
 markers of BENCHMARKS.md (`--name` defaults to `ablation`). Wall-clock counts training only, not the evaluations.
+
+Validation runs (`--eval_prompts validation`) score 200 fixed words of the training distribution and keep them out of
+their RL prompts, so that, as on the held-out words, a setting is judged on words the policy never trained on.
 """
 
 import argparse
