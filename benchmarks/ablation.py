@@ -47,10 +47,10 @@ from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
 from trl_var.data import (
     DEFAULT_ALPHABET,
-    DEFAULT_TEMPLATES,
     HELDOUT_WORDS,
     make_heldout_dataset,
     make_text_render_dataset,
+    make_word_prompts,
 )
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
@@ -83,6 +83,7 @@ VARIANTS = {
 LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
 VALIDATION_SEED = 777
 NUM_VALIDATION_WORDS = 200
+EVAL_PROMPTS = {"heldout": len(HELDOUT_WORDS), "validation": NUM_VALIDATION_WORDS}  # the kinds and how many of each
 TITLES = {"heldout": "Held-out word accuracy", "validation": "Validation word accuracy"}
 # Keys of the recipe's YAML that are the recipe's own arguments, not VARGRPOConfig fields.
 SCRIPT_KEYS = {"num_prompts", "word_length", "model_name_or_path", "num_sample_prompts", "num_heldout_prompts"}
@@ -151,11 +152,8 @@ def validation_words(word_length: int) -> tuple[str, ...]:
     of their RL prompts: like the held-out words, the policy is scored on words it never trained on, so a setting that
     only memorizes its training words does not win. Drawn once with `VALIDATION_SEED`; never a held-out word.
     """
-    words = sorted(
-        "".join(letters)
-        for letters in itertools.product(DEFAULT_ALPHABET, repeat=word_length)
-        if "".join(letters) not in HELDOUT_WORDS
-    )
+    every_word = map("".join, itertools.product(DEFAULT_ALPHABET, repeat=word_length))
+    words = sorted(set(every_word) - set(HELDOUT_WORDS))
     if len(words) < NUM_VALIDATION_WORDS:
         raise ValueError(
             f"{len(words)} words of length {word_length}: too few for {NUM_VALIDATION_WORDS} validation words."
@@ -168,9 +166,7 @@ def evaluation_prompts(kind: str, num: int, word_length: int) -> tuple[list[str]
     if kind == "heldout":
         data = make_heldout_dataset()
     else:
-        words = validation_words(word_length)
-        data = {"prompt": [DEFAULT_TEMPLATES[i % len(DEFAULT_TEMPLATES)].format(word=w) for i, w in enumerate(words)]}
-        data["text"] = list(words)
+        data = make_word_prompts(validation_words(word_length))
     return list(data["prompt"])[:num], list(data["text"])[:num]
 
 
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--eval_every", type=int, default=25, help="Evaluation every N updates.")
     parser.add_argument(
         "--eval_prompts",
-        choices=["heldout", "validation"],
+        choices=list(EVAL_PROMPTS),
         default="heldout",
         help="heldout: the 100 held-out prompts (words never trained on), what the benchmark reports. validation: "
         f"{NUM_VALIDATION_WORDS} words of the training distribution (drawn with seed {VALIDATION_SEED}) that the run "
@@ -445,7 +441,7 @@ def main(argv: list[str] | None = None):
     for name in ("max_steps", "eval_every", "num_eval_prompts", "eval_samples", "num_prompts"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    available = len(HELDOUT_WORDS) if args.eval_prompts == "heldout" else NUM_VALIDATION_WORDS
+    available = EVAL_PROMPTS[args.eval_prompts]
     if args.num_eval_prompts > available:
         parser.error(
             f"--num_eval_prompts: there are {available} {args.eval_prompts} prompts, got {args.num_eval_prompts}."

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--models", nargs="+", default=[ablation.SHIPPED_MODEL], help="Folders or Hub ids.")
     parser.add_argument(
         "--prompts",
-        choices=["heldout", "validation"],
+        choices=list(ablation.EVAL_PROMPTS),
         default="validation",
         help="validation (default): a diagnosis guides the next setting, so it reads the words settings are chosen on.",
     )
@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None):
         "--report", default=None, help="Markdown file whose <!-- letter-errors:start/end --> markers get the table."
     )
     args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error(f"--samples must be >= 1, got {args.samples}.")
     torch.set_num_threads(os.cpu_count())
     recipe = ablation.load_recipe()
     sampling = VARGRPOConfig(**ablation.recipe_fields(recipe)).sampling_kwargs(evaluation=True)
-    num = len(ablation.HELDOUT_WORDS) if args.prompts == "heldout" else ablation.NUM_VALIDATION_WORDS
+    num = ablation.EVAL_PROMPTS[args.prompts]
     prompts, targets = ablation.evaluation_prompts(args.prompts, num, recipe.get("word_length", 3))
     rows = []
     for name in args.models:

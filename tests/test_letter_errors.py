@@ -45,3 +45,9 @@ def test_table_and_report_section(tmp_path):
     report.write_text("intro\n<!-- letter-errors:start -->\nold\n<!-- letter-errors:end -->\nrest\n")
     letter_errors.ablation.write_section(str(report), "letter-errors", text, "benchmarks/letter_errors.py")
     assert report.read_text() == f"intro\n<!-- letter-errors:start -->\n{text}\n<!-- letter-errors:end -->\nrest\n"
+
+
+def test_no_samples_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        letter_errors.main(["--samples", "0"])
+    assert "--samples must be >= 1, got 0" in capsys.readouterr().err

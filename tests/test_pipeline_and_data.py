@@ -4,7 +4,13 @@ import torch
 from transformers import AutoTokenizer
 
 from trl_var import VARPipeline, build_char_tokenizer
-from trl_var.data import DEFAULT_ALPHABET, make_text_render_dataset
+from trl_var.data import (
+    DEFAULT_ALPHABET,
+    DEFAULT_TEMPLATES,
+    make_heldout_dataset,
+    make_text_render_dataset,
+    make_word_prompts,
+)
 from trl_var.rewards import extract_quoted_text
 from trl_var.visualization import make_image_grid
 
@@ -63,3 +69,13 @@ def test_image_grid_layout():
     assert grid.getpixel((40, 5)) == (0, 128, 0)  # second image, first row
     with pytest.raises(ValueError, match="captions"):
         make_image_grid(images, ["a"])
+
+
+def test_word_prompts_take_every_word_once_with_templates_in_turn():
+    data = make_word_prompts(("ACE", "MAX", "HEN", "SEA", "KEN"))
+    assert data["text"] == ["ACE", "MAX", "HEN", "SEA", "KEN"]
+    assert data["prompt"][0] == DEFAULT_TEMPLATES[0].format(word="ACE")
+    assert data["prompt"][4] == DEFAULT_TEMPLATES[0].format(word="KEN")  # 4 templates, then the first again
+    assert data["prompt"][1] == 'a sign that says "MAX"'
+    heldout = make_heldout_dataset()
+    assert len(heldout) == 100 and heldout["prompt"][1] == f'a sign that says "{heldout["text"][1]}"'

@@ -12,4 +12,5 @@ from .text_render import (
     HELDOUT_WORDS,
     make_heldout_dataset,
     make_text_render_dataset,
+    make_word_prompts,
 )

@@ -1,6 +1,7 @@
 """Synthetic text-rendering prompts: the training data of the CPU toy task, made locally (no Hub)."""
 
 import random
+from collections.abc import Sequence
 
 from datasets import Dataset
 
@@ -31,14 +32,15 @@ HELDOUT_WORDS = tuple(
 )
 
 
-def make_heldout_dataset(templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Dataset:
-    """
-    The fixed held-out evaluation prompts of the toy task: every word of `HELDOUT_WORDS` once, templates in turn.
-    Columns `prompt` and `text`.
-    """
-    words = list(HELDOUT_WORDS)
+def make_word_prompts(words: Sequence[str], templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Dataset:
+    """Fixed evaluation prompts: every word of `words` once, in order, templates in turn. Columns `prompt` and `text`."""
     prompts = [templates[i % len(templates)].format(word=word) for i, word in enumerate(words)]
-    return Dataset.from_dict({"prompt": prompts, "text": words})
+    return Dataset.from_dict({"prompt": prompts, "text": list(words)})
+
+
+def make_heldout_dataset(templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Dataset:
+    """The fixed held-out evaluation prompts of the toy task: [`make_word_prompts`] of `HELDOUT_WORDS`."""
+    return make_word_prompts(HELDOUT_WORDS, templates)
 
 
 def make_text_render_dataset(
