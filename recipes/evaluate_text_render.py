@@ -8,7 +8,9 @@ regions and overall, as in Table 1 of "VAR RL Done Right" (arXiv 2601.02256).
     python recipes/evaluate_text_render.py --help                         # every option
     make evaluate MODEL=outputs/text-render-tiny    # the toy's 100 held-out prompts (recipes/data/), Tesseract
 
-Without --model it evaluates the tiny pretrained model shipped in recipes/models/var-tiny-text-render.
+Without --model it evaluates the tiny pretrained model shipped in recipes/models/var-tiny-text-render, and then, without
+--dataset, on the toy's 100 held-out prompts (a 64 px one-word model has nothing to show on CVTG-2K); a model you name
+is evaluated on CVTG-2K unless you name a dataset.
 
 It samples one image per prompt with the paper's evaluation sampling (guidance 5, constant schedule, top-k 2, top-p
 0.9, temperature 1), reads each image with Tesseract and writes to `--output_dir`:
@@ -62,16 +64,21 @@ class EvaluationArguments:
             "the tiny pretrained model shipped in recipes/models/var-tiny-text-render."
         },
     )
-    dataset: str = field(
-        default=CVTG2K_REPO_ID,
+    dataset: str | None = field(
+        default=None,
         metadata={
             "help": "cvtg2k: a folder in CVTG-2K's layout (CVTG/, CVTG-style/), its .zip, or a Hub id. prompts: a "
-            "json/jsonl/csv/parquet file, a folder or a Hub id with a prompt column."
+            "json/jsonl/csv/parquet file, a folder or a Hub id with a prompt column. Default: CVTG-2K "
+            f"({CVTG2K_REPO_ID}); for the shipped tiny model (the default --model), its held-out prompts "
+            "(recipes/data/text_render_heldout.jsonl)."
         },
     )
-    dataset_format: Literal["cvtg2k", "prompts"] = field(
-        default="cvtg2k",
-        metadata={"help": "cvtg2k: the CVTG-2K benchmark. prompts: any dataset of prompts with target texts."},
+    dataset_format: Literal["cvtg2k", "prompts"] | None = field(
+        default=None,
+        metadata={
+            "help": "cvtg2k: the CVTG-2K benchmark. prompts: any dataset of prompts with target texts. Default: "
+            "cvtg2k, or prompts for the shipped tiny model's held-out prompts."
+        },
     )
     subsets: list[str] = field(
         default_factory=lambda: ["CVTG", "CVTG-style"],
@@ -137,14 +144,30 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keeps the layout of the description above and shows every option's default."""
 
 
+def resolve_dataset(args: EvaluationArguments) -> tuple[str, str]:
+    """
+    The dataset to evaluate on and its format: the ones given; without `--dataset`, the toy's held-out prompts for the
+    shipped tiny model (a one-word 64 px model), CVTG-2K for any other model.
+    """
+    if args.dataset is not None:
+        return args.dataset, args.dataset_format or "cvtg2k"
+    shipped = os.path.isdir(args.model) and os.path.samefile(args.model, SHIPPED_MODEL)
+    if shipped and args.dataset_format != "cvtg2k":
+        return HELDOUT_PROMPTS, "prompts"
+    if args.dataset_format == "prompts":
+        raise ValueError("`--dataset_format prompts` needs `--dataset`: the file, folder or Hub id of the prompts.")
+    return CVTG2K_REPO_ID, "cvtg2k"
+
+
 def main(args: EvaluationArguments) -> dict:
     set_seed(args.seed)
-    if args.dataset_format == "cvtg2k":
+    dataset_path, dataset_format = resolve_dataset(args)
+    if dataset_format == "cvtg2k":
         dataset = load_cvtg2k(
-            args.dataset, subset=args.subsets, region_counts=args.region_counts, split_files=args.split_files
+            dataset_path, subset=args.subsets, region_counts=args.region_counts, split_files=args.split_files
         )
     else:
-        dataset = load_prompt_dataset(args.dataset, target_column=args.target_column, split=args.dataset_split)
+        dataset = load_prompt_dataset(dataset_path, target_column=args.target_column, split=args.dataset_split)
     pipeline = load_pipeline(args.model, device=args.device, dtype=DTYPES[args.dtype])
 
     results = evaluate_text_rendering(
@@ -159,7 +182,7 @@ def main(args: EvaluationArguments) -> dict:
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
-        ocr_psm=args.ocr_psm if args.ocr_psm is not None else DEFAULT_OCR_PSM[args.dataset_format],
+        ocr_psm=args.ocr_psm if args.ocr_psm is not None else DEFAULT_OCR_PSM[dataset_format],
         ocr_upscale=args.ocr_upscale,
         clip_model=args.clip_model,
         num_grid_images=args.num_grid_images,
@@ -172,6 +195,10 @@ def main(args: EvaluationArguments) -> dict:
 if __name__ == "__main__":
     parser = TrlParser(EvaluationArguments, description=__doc__, formatter_class=HelpFormatter)
     (args,) = parser.parse_args_and_config()
+    try:
+        resolve_dataset(args)
+    except ValueError as error:  # options that do not go together: say so the argparse way
+        parser.error(str(error))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(args)

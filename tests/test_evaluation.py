@@ -451,3 +451,28 @@ def test_score_prompts_is_seeded_and_scores_what_tesseract_read():
     assert first["word_accuracy"] == pytest.approx(found / len(targets))
     other = score_prompts(pipeline, prompts, targets, batch_size=4, seed=8, **sampling)
     assert [image.tobytes() for image in other["images"]] != [image.tobytes() for image in first["images"]]
+
+
+def test_recipe_defaults_pair_each_model_with_a_dataset_it_can_be_scored_on(tmp_path, tiny_pipeline):
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    from evaluate_text_render import (
+        CVTG2K_REPO_ID,
+        HELDOUT_PROMPTS,
+        SHIPPED_MODEL,
+        EvaluationArguments,
+        resolve_dataset,
+    )
+
+    # No options: the shipped 64 px one-word model on its held-out prompts, not on CVTG-2K's 2-5 regions at 1024 px.
+    assert resolve_dataset(EvaluationArguments()) == (HELDOUT_PROMPTS, "prompts")
+    assert resolve_dataset(EvaluationArguments(model=SHIPPED_MODEL + os.sep)) == (HELDOUT_PROMPTS, "prompts")
+    assert resolve_dataset(EvaluationArguments(dataset_format="cvtg2k")) == (CVTG2K_REPO_ID, "cvtg2k")
+    # A model you name: CVTG-2K, the benchmark, unless you name a dataset.
+    tiny_pipeline.save_pretrained(tmp_path / "model")
+    assert resolve_dataset(EvaluationArguments(model=str(tmp_path / "model"))) == (CVTG2K_REPO_ID, "cvtg2k")
+    assert resolve_dataset(EvaluationArguments(model="your-org/var-7b")) == (CVTG2K_REPO_ID, "cvtg2k")
+    named = EvaluationArguments(model="your-org/var-7b", dataset="prompts.jsonl", dataset_format="prompts")
+    assert resolve_dataset(named) == ("prompts.jsonl", "prompts")
+    assert resolve_dataset(EvaluationArguments(dataset="data/cvtg2k.zip")) == ("data/cvtg2k.zip", "cvtg2k")
+    with pytest.raises(ValueError, match=r"`--dataset_format prompts` needs `--dataset`"):
+        resolve_dataset(EvaluationArguments(model="your-org/var-7b", dataset_format="prompts"))
