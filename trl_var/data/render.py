@@ -15,11 +15,11 @@ DEJAVU = "/usr/share/fonts/truetype/dejavu/"
 @dataclass
 class RenderStyle:
     """
-    How much a render varies besides its word. NOTES.md (shared) measured that nuisance variation (position, size,
-    colour) is what a small model learns first and what keeps it from binding the prompt to the glyphs: the defaults
-    are the reduced-nuisance setting (centred +-2 px, one size, 4 colour pairs, one font). More variation costs the
-    tokenizer budget we do not have: with two fonts, sizes 18-23 px, +-4 px and 8 colour pairs, the tiny tokenizer's
-    reconstructions read at 0.02 (renders: 1.00) after 1,000 steps (17 CPU-minutes), far from the 0.85 gate.
+    How much a render varies besides its word. Nuisance variation (position, size, colour, font) is what a small model
+    learns first, at the coarse scales, and it keeps the model from binding the prompt's letters to the glyphs; it
+    also spends the capacity of a tiny tokenizer on things no reward asks for. So the defaults are the
+    reduced-nuisance setting: centred +-2 px, one size, 4 colour pairs, one font. The measurements behind this
+    choice are in BENCHMARKS.md ("The toy's data and tokenizer").
 
     Args:
         size (`int`): image side in pixels.

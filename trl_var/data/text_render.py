@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from datasets import Dataset
 
 
-# Letters Tesseract rarely confuses in small renders (no I/J/L/T look-alikes, see NOTES.md); 10 of them keep the
-# toy task learnable on a CPU.
+# Letters Tesseract rarely confuses in small renders (no I/J/L/T look-alikes, which it misreads for one another);
+# 10 of them keep the toy task learnable on a CPU.
 DEFAULT_ALPHABET = "ACEHKMNRSX"
 
 # Every template ends with the quoted word: with left-padded prompts the letters then sit at the same distance from
 # the image tokens in every prompt, which is what lets a sub-million-parameter model on a CPU bind the glyphs it draws
-# to the letters it is asked for (NOTES.md measured binding as the hard part of the toy).
+# to the letters it is asked for, the hard part of the toy (BENCHMARKS.md, "The toy's data and tokenizer").
 DEFAULT_TEMPLATES = (
     'the word "{word}"',
     'a sign that says "{word}"',

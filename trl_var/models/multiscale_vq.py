@@ -293,10 +293,11 @@ class MultiScaleQuantizer(nn.Module):
         Re-initializes the codes picked fewer than `min_usage` times since the last restart with random rows of
         `features`, then resets the counts.
 
-        Without restarts, 45% of a 1024-code book was dead after 100 steps of the toy tokenizer; restarting every 100
-        steps from encoder features kept 1020/1024 codes alive. The optimizer state of a restarted code is kept. In
-        distributed training, all-reduce `code_usage` first and pass the same `features` and `generator` seed on
-        every rank, so the codebooks stay identical.
+        A code that no feature picks gets no gradient from the codebook term and stays unused for the rest of training;
+        moving it onto a real encoder feature puts it where the features are, so it can be picked again (measured on
+        the toy in BENCHMARKS.md, "The toy's data and tokenizer"). The optimizer state of a restarted code is kept. In
+        distributed training, all-reduce `code_usage` first and pass the same `features` and `generator` seed on every
+        rank, so the codebooks stay identical.
 
         Args:
             features (`torch.Tensor` of shape `(N, C)`):
@@ -345,6 +346,18 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
 
     The encoder and decoder are diffusers' `Encoder` / `Decoder` (as in [`VQModel`]); between them, a
     [`MultiScaleQuantizer`] turns the latent grid into `len(scale_schedule)` index grids, coarse to fine, and back.
+
+    How it maps to diffusers' [`VQModel`], for readers who know that one:
+
+    - `codebook_size` is `num_vq_embeddings`; `latent_channels` is `vq_embed_dim`, and also the encoder's output
+      channels (`VQModel`'s `latent_channels`, which `vq_embed_dim` defaults to): here the two are always equal.
+    - `encode` returns the index grids, one per scale, and `decode` takes them: tokens are what the transformer
+      predicts. `VQModel.encode` (continuous latents after `quant_conv`) is `encode_latents` here, and
+      `VQModel.decode(..., force_not_quantize=True)` (already quantized latents) is `decode_latents`.
+    - `forward` returns a [`MultiScaleVQOutput`] (`sample`, `image_ids`, `commitment_loss`), where `VQModel`
+      returns `DecoderOutput` (`sample`, `commit_loss`); there is no `return_dict`.
+    - `quant_conv` / `post_quant_conv` are 3x3 (VAR's), not 1x1; there is no `scaling_factor` (no diffusion model
+      reads the latents) and no mid-block attention switch (diffusers' default, attention on, is used).
 
     Args:
         in_channels (`int`, *optional*, defaults to 3): Number of channels of the input images.
