@@ -57,7 +57,7 @@ ROUNDS = (("suffix / plain round", 3), ("prefix round (K=2)", 0))  # global step
 def measure_round(trainer, batch, stage: str, step: int, peak: float) -> dict:
     model = trainer.model
     trainer.state.global_step = step
-    trainer._rollout_stage = trainer._current_stage()
+    trainer._round.stage = trainer._current_stage()  # the stage `_generate` samples
     (_, _, _, completions, *_), rollout_s = timed(lambda: trainer._generate([row["prompt"] for row in batch]))
     images = [im for c in completions for im in (c if isinstance(c, list) else [c])]
     _, reward_s = timed(lambda: brightness(images))

@@ -4,11 +4,15 @@ import glob
 import os
 import shutil
 
+import numpy as np
 import torch
 from peft import LoraConfig, PeftModel
+from PIL import Image
 from test_trainer import _args, _dataset, _model, brightness
 
 from trl_var import VARGRPOTrainer
+from trl_var.trainer import LogSampleImagesCallback
+from trl_var.visualization import make_image_grid
 
 
 def test_lora_trains_only_the_adapter_and_saves_it(tmp_path, char_tokenizer):
@@ -38,6 +42,47 @@ def test_lora_trains_only_the_adapter_and_saves_it(tmp_path, char_tokenizer):
     ids = torch.randint(3, 90, (2, 6))
     out = reloaded.generate(ids, guidance_scale=1.0, top_k=1)
     assert out.image_ids.shape == (2, 85)
+
+
+def test_sample_images_callback_saves_one_captioned_grid_per_training_step(tmp_path, char_tokenizer):
+    trainer = VARGRPOTrainer(
+        _model(char_tokenizer),
+        brightness,
+        args=_args(tmp_path, num_completions_to_print=2),
+        train_dataset=_dataset(),
+        processing_class=char_tokenizer,
+    )
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, LogSampleImagesCallback)]
+    assert trainer.log_completions is False  # TRL's own completion table (parquet) is off
+    # TRL's record of the latest rollouts; the second is a prefix's two continuations, of which the first is shown
+    black, white = Image.new("RGB", (16, 16)), Image.new("RGB", (16, 16), "white")
+    samples = trainer._logs
+    samples["prompt"].extend(["p0", "p1", "p2"])
+    samples["completion"].extend([black, [white, black], white])
+    samples["rewards"]["brightness"].extend([0.0, 1.0, 1.0])
+    samples["advantages"].extend([-1.0, 0.5, 0.25])
+    trainer.model.train()
+    trainer.state.global_step = 7
+
+    callback.on_log(trainer.args, trainer.state, trainer.control, logs={})
+    assert os.listdir(tmp_path / "samples") == ["step-000007.png"]
+    expected = make_image_grid([white, white], ["brightness=1.00 adv=0.50 p1", "brightness=1.00 adv=0.25 p2"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "samples" / "step-000007.png")), np.asarray(expected))
+    os.remove(tmp_path / "samples" / "step-000007.png")
+    callback.on_log(trainer.args, trainer.state, trainer.control, logs={})  # the end-of-training log, same step
+    trainer.state.global_step = 8
+    trainer.model.eval()
+    callback.on_log(trainer.args, trainer.state, trainer.control, logs={})  # an evaluation log
+    assert os.listdir(tmp_path / "samples") == []
+
+    quiet = VARGRPOTrainer(
+        _model(char_tokenizer),
+        brightness,
+        args=_args(tmp_path, log_completions=False),
+        train_dataset=_dataset(),
+        processing_class=char_tokenizer,
+    )
+    assert not any(isinstance(c, LogSampleImagesCallback) for c in quiet.callback_handler.callbacks)
 
 
 def test_tensorboard_receives_scalars_and_sample_images(tmp_path, char_tokenizer, monkeypatch):

@@ -12,6 +12,7 @@ from transformers import AutoModel
 from trl import GRPOTrainer
 
 from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer
+from trl_var.trainer.var_grpo_trainer import GenerationRound
 
 
 def brightness(completions, **kwargs):
@@ -73,6 +74,55 @@ def test_overridden_trl_signatures_are_unchanged():
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "= self._generate(prompts)" in source
     assert "tool_images,\n        ) = self._generate(prompts)" in source  # still an 8-tuple ending with tool_images
+
+
+def test_readme_lists_every_overridden_trl_method():
+    overridden = {
+        name for name, value in vars(VARGRPOTrainer).items() if callable(value) and hasattr(GRPOTrainer, name)
+    }
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("## How it maps to TRL")[1].split("\n## ")[0]
+    listed = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert listed == overridden
+    assert len(overridden) == 8
+
+
+def test_one_generation_round_carries_the_stage_continuations_and_region_masks(tmp_path, char_tokenizer):
+    class CornerReward:
+        """Brightness, found in the top-left quarter of every image."""
+
+        __name__ = "corner"
+
+        def __init__(self):
+            self.last_regions = []
+
+        def __call__(self, completions, **kwargs):
+            self.last_regions = [[(0, 0, 8, 8)]] * len(completions)
+            return brightness(completions)
+
+    args = _args(tmp_path, vmr_prefix_scales=2, mask_propagation=True)
+    trainer = VARGRPOTrainer(
+        _model(char_tokenizer), CornerReward(), args=args, train_dataset=_dataset(), processing_class=char_tokenizer
+    )
+    assert trainer._round == GenerationRound() and trainer._train_round is trainer._round  # declared when built
+    rows = [{"prompt": "a bright image"}] * 8
+    trainer.model.train()
+    trainer.state.global_step = 0  # the first update of the 3:1 cycle: a prefix round
+    output = trainer._generate_and_score_completions(rows)
+    round_ = trainer._round
+    assert round_.stage == "prefix" and trainer._train_round is round_
+    # the K = 2 whole images that continue every 5-token prefix, which the reward scored
+    continuations = torch.tensor(round_.continuation_ids)
+    assert continuations.shape == (16, 85)
+    assert torch.equal(continuations[:, :5], output["completion_ids"].repeat_interleave(2, 0))
+    # the box (0, 0, 8, 8) of a 16x16 image is the top-left 4x4 cells of the 8x8 token grid
+    corner = torch.zeros(8, 8, dtype=torch.bool)
+    corner[:4, :4] = True
+    assert torch.equal(round_.region_masks, corner.expand(8, -1, -1))
+    trainer.model.eval()
+    trainer._generate_and_score_completions(rows)
+    assert trainer._round.stage == "full" and trainer._round.continuation_ids is None
+    assert trainer._train_round is round_  # an evaluation round leaves the buffered training round in place
 
 
 def test_train_changes_parameters_and_logs_rewards_and_losses(tmp_path, char_tokenizer):

@@ -21,14 +21,14 @@ def token_reward(prompts, completions, completion_ids, **kwargs):
 
 class RecordingTrainer(VARGRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        self._recorded_ids = self._continuation_ids if self._rollout_stage == "prefix" else completion_ids_list
+        self._recorded_ids = self._round.continuation_ids if self._round.stage == "prefix" else completion_ids_list
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         self.records.append(
             {
-                "stage": self._rollout_stage,
+                "stage": self._round.stage,
                 "reward_ids": self._recorded_ids,
                 "advantages": output["advantages"].tolist(),
                 "weight_sum": output["completion_mask"].sum().item(),

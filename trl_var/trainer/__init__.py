@@ -11,4 +11,8 @@ def __getattr__(name):
         from .var_grpo_trainer import VARGRPOTrainer
 
         return VARGRPOTrainer
+    if name == "LogSampleImagesCallback":
+        from .callbacks import LogSampleImagesCallback
+
+        return LogSampleImagesCallback
     raise AttributeError(f"module 'trl_var.trainer' has no attribute {name!r}")

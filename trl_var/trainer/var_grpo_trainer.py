@@ -2,14 +2,13 @@ import copy
 import os
 import textwrap
 import warnings
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoModel, PreTrainedModel, TrainerCallback
-from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
@@ -17,7 +16,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from ..models.pipeline_var import images_to_pil
-from ..visualization import make_image_grid
+from .callbacks import LogSampleImagesCallback
 from .credit import panw_weights, propagate_mask, quarter_resolution_prefix, rasterize_regions, soft_value, vmr_stage
 from .model_card import build_model_card
 from .monitoring import image_statistics, logprob_agreement
@@ -43,34 +42,57 @@ class ProvidesRegions(Protocol):
     last_regions: list[list[tuple[float, float, float, float]]]
 
 
+@dataclass
+class GenerationRound:
+    r"""
+    One generation round's data, handed between the TRL hooks that sample, score and train on it:
+    `_generate_and_score_completions` creates it, `_generate` and `_calculate_rewards` (which TRL calls from there)
+    fill it, and the loss of the round's optimizer updates reads it.
+
+    Args:
+        stage (`str`):
+            `"prefix"` or `"suffix"` (VMR), or `"full"`: which scales are sampled, scored and trained.
+        continuation_ids (`list[list[int]]`, *optional*):
+            Prefix round: the tokens of the `K` whole images that continue each rollout, the images the rewards score.
+        region_masks (`torch.Tensor`, *optional*):
+            Mask Propagation: finest-grid masks `(rows, H, W)` of where each rollout's reward came from.
+        logps_to_check (`torch.Tensor`, *optional*):
+            During the round's first optimizer update, the sampled log-probs of the micro-batch in the loss: its
+            log-prob pass compares them with the recomputed ones.
+    """
+
+    stage: str = "full"
+    continuation_ids: list[list[int]] | None = None
+    region_masks: torch.Tensor | None = None
+    logps_to_check: torch.Tensor | None = None
+
+
 class VARGRPOTrainer(GRPOTrainer):
     r"""
     GRPO for visual autoregressive (next-scale prediction) text-to-image models, following
     [VAR RL Done Right](https://huggingface.co/papers/2601.02256).
 
     A rollout is one image: the prompt's text tokens are TRL's `prompt_ids`, all image tokens of all scales (coarse to
-    fine, row-major) are `completion_ids`, so TRL's buffering, loss types, clipping, KL, reward weighting and metrics
-    apply unchanged. What differs from [`~trl.GRPOTrainer`]:
+    fine, row-major) are `completion_ids`, so TRL's buffering, advantages, loss types, clipping, KL, reward weighting
+    and metrics apply unchanged. What changes w.r.t. [`~trl.GRPOTrainer`] is how a rollout is sampled, scored and
+    weighted: `_generate` samples images scale by scale from a KV cache, with classifier-free guidance, and hands the
+    decoded PIL images to the reward functions as `completions`; `_calculate_rewards` scores them;
+    `_generate_and_score_completions` writes per-token loss weights into `completion_mask`; and
+    `_get_per_token_logps_and_entropies` is one teacher-forced pass over prompt + all scales. Besides, with `beta > 0`
+    the reference model is a frozen copy of the policy (TRL would reload it from `config._name_or_path`, which an
+    in-memory model lacks); `log_completions` logs image grids ([`~trl_var.trainer.callbacks.LogSampleImagesCallback`])
+    instead of TRL's completion table; `_compute_loss` adds monitoring only; and the model card is a text-to-image one.
 
-    - `_generate`: rollouts are sampled scale by scale with a KV cache, with classifier-free guidance, top-k and top-p
-      (`VARGRPOConfig`), and decoded to PIL images, which reward functions receive as `completions`;
-    - `_get_per_token_logps_and_entropies`: one teacher-forced pass over prompt + all scales;
-    - with `beta > 0` the reference model is a frozen copy of the policy (TRL would reload it from
-      `config._name_or_path`, which an in-memory model does not have);
-    - `log`: sample images with their prompts, rewards and advantages go to the trackers (`log_completions`), with
-      image statistics the reward does not measure; `_compute_loss` also checks that the log-probs recorded while
-      sampling match the recomputed ones;
-    - `create_model_card` / `push_to_hub`: a text-to-image model card, and a failed push keeps the local save.
-
-    And the paper's three components, each switched by `VARGRPOConfig` alone:
+    The paper's three components, each switched by `VARGRPOConfig` alone:
 
     - Value as Middle Return (`vmr_*`): `_generate_and_score_completions` picks the stage of the round (3 prefix
-      rounds, then 1 suffix round; a round is one optimizer update with the default batching). A prefix round samples the first `m` scales
-      of every rollout, then `K` continuations from each prefix's KV cache; `_calculate_rewards` scores the `K`
-      images and rewards the prefix with their soft value `eta * log(mean(exp(R_k / eta)))`, and only the prefix
-      tokens are trained. A suffix round trains only the suffix tokens on the terminal reward; by default the images
-      of a prompt continue one shared prefix. With several reward functions the soft value is taken per function,
-      then TRL aggregates them as it aggregates terminal rewards (exact for one reward function, as in the paper).
+      rounds, then 1 suffix round; a round is one optimizer update with the default batching). A prefix round samples
+      the first `m` scales of every rollout, then `K` continuations from each prefix's KV cache; `_calculate_rewards`
+      scores the `K` images and rewards the prefix with their soft value `eta * log(mean(exp(R_k / eta)))`, and only
+      the prefix tokens are trained. A suffix round trains only the suffix tokens on the terminal reward; by default
+      the images of a prompt continue one shared prefix. With several reward functions the soft value is taken per
+      function, then TRL aggregates them as it aggregates terminal rewards (exact for one reward function, as in the
+      paper).
     - PANW (`panw_alpha`) and MP (`mask_propagation`): the per-token weights `k_t * m_tij` ride in TRL's
       `completion_mask`, normalized per rollout (see `_token_weights`), so every loss type applies them to the
       policy and KL terms alike.
@@ -164,8 +186,11 @@ class VARGRPOTrainer(GRPOTrainer):
         self.scale_schedule = policy.scale_schedule
         # Every rollout has the same number of image tokens (dr_grpo normalizes by it).
         self.max_completion_length = policy.num_image_tokens
-        # TRL would write the completions (PIL images) to a parquet table: we log image grids instead.
-        self.log_images, self.log_completions = self.log_completions, False
+        # TRL would write the completions (PIL images) to a parquet table: a callback logs image grids instead. Added
+        # after TRL's setup, so that it runs after the trackers' callbacks, which start their runs on the first log.
+        if self.log_completions:
+            self.add_callback(LogSampleImagesCallback(self))
+        self.log_completions = False
 
         # The paper's three components
         self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
@@ -177,16 +202,16 @@ class VARGRPOTrainer(GRPOTrainer):
                 f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
             )
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
-        self.token_scale_index = policy.image_scale_index.cpu()
+        self.token_scale_index = policy.image_scale_index.cpu()  # the loss weights are built on CPU, then moved
         self.region_rewards = [func for func in self.reward_funcs if isinstance(func, ProvidesRegions)]
         if args.mask_propagation and not self.region_rewards:
             logger.warning(
                 "mask_propagation=True, but no reward function provides regions (a `last_regions` attribute, as "
                 "OCRReward has): the loss is not gated."
             )
-        self._rollout_stage = self._train_round_stage = "full"
-        self._sampled_logps = None
-        self._images_logged_at = -1
+        # The latest round (training or evaluation), and the training round whose buffered batches the optimizer
+        # updates consume: an evaluation round can come between two updates of one training round.
+        self._round = self._train_round = GenerationRound()
 
     def _resolve_prefix_scales(self, requested: int | None) -> int:
         num_scales = len(self.scale_schedule)
@@ -225,12 +250,15 @@ class VARGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         # A generation round belongs to the VMR stage of the optimizer update it starts at.
-        self._rollout_stage = self._current_stage()
-        if self.model.training:  # the stage of the buffered round, for the per-update metric
-            self._train_round_stage = self._rollout_stage
-        output = super()._generate_and_score_completions(inputs)
-        weights = self._token_weights(*output["completion_ids"].shape, self._rollout_masks)
+        self._round = GenerationRound(stage=self._current_stage())
+        if self.model.training:
+            self._train_round = self._round
+        output = super()._generate_and_score_completions(inputs)  # calls `_generate`, then `_calculate_rewards`
+        num_rows, num_tokens = output["completion_ids"].shape
+        weights = self._token_weights(num_rows, num_tokens, self._round.stage, self._round.region_masks)
+        # TRL multiplies the per-token loss by the float `completion_mask`: the weights ride in it
         output["completion_mask"] = weights.to(output["completion_mask"].device)
+        # ... and token-level losses ("dapo") divide by the mask's global sum, which TRL took of its 0/1 mask
         output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
         return output
 
@@ -238,7 +266,7 @@ class VARGRPOTrainer(GRPOTrainer):
         _check_prompts(prompts)
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
-        stage = self._rollout_stage
+        stage = self._round.stage
         sampling = self.args.sampling_kwargs(evaluation=mode == "eval")  # evaluation may decode differently
         chunk = self._rows_per_call(stage, len(prompts))
         prompt_ids, rollout_ids, rollout_logprobs, full_ids, decoded = [], [], [], [], []
@@ -256,11 +284,11 @@ class VARGRPOTrainer(GRPOTrainer):
                 text = self.processing_class(
                     text=prompts[start : start + chunk],
                     padding=True,
-                    padding_side="left",
+                    padding_side="left",  # the image tokens follow the last text token of every row
                     add_special_tokens=False,
                     return_tensors="pt",
                 ).to(device)
-                ids, logprobs, full = self._sample(unwrapped_model, text, prompts, start, stage, sampling)
+                ids, logprobs, full = self._sample_rollouts(unwrapped_model, text, prompts, start, stage, sampling)
                 prompt_ids += [
                     row[mask.bool()].tolist() for row, mask in zip(text["input_ids"], text["attention_mask"])
                 ]
@@ -273,9 +301,11 @@ class VARGRPOTrainer(GRPOTrainer):
         self._log_image_statistics(decoded, stage, mode)
 
         if stage == "prefix":
+            # TRL keeps one completion per rollout: a prefix's is the list of its K continuations' images, and their
+            # tokens wait in the round for `_calculate_rewards` (TRL's `completion_ids` are the prefix's)
             num = self.args.vmr_num_continuations
             completions = [images[i * num : (i + 1) * num] for i in range(len(prompts))]
-            self._continuation_ids = full_ids.tolist()
+            self._round.continuation_ids = full_ids.tolist()
         else:
             completions = images
 
@@ -297,7 +327,7 @@ class VARGRPOTrainer(GRPOTrainer):
             return max(images // self.num_generations, 1) * self.num_generations
         return images
 
-    def _sample(self, model, text, prompts: list[str], start: int, stage: str, sampling: dict):
+    def _sample_rollouts(self, model, text, prompts: list[str], start: int, stage: str, sampling: dict):
         """
         Rollouts of one chunk of rows: the tokens and log-probs that are trained (the prefix in a prefix round, the
         whole image otherwise) and the whole images' tokens to score (the K continuations in a prefix round).
@@ -328,6 +358,7 @@ class VARGRPOTrainer(GRPOTrainer):
         prompt in consecutive rows; the trainer checks at construction that groups are whole on every process, and
         `_rows_per_call` keeps them whole in every sampling call.
         """
+        # TRL gives every process a contiguous slice of the generation batch, so rows number globally like this
         first_row = self.accelerator.process_index * len(prompts) + start
         groups = (first_row + torch.arange(num_rows)) // self.num_generations
         _, group_of_row = torch.unique_consecutive(groups, return_inverse=True)
@@ -342,34 +373,33 @@ class VARGRPOTrainer(GRPOTrainer):
         return leaders.to(device), group_of_row.to(device)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = self._score(inputs, prompts, completions, completion_ids_list)
-        # TRL next gathers `completions` to every process for the sample log: send thumbnails, not 1024px images
+        """
+        The rewards `(rows, reward functions)`, gathered over processes, that TRL turns into advantages. A prefix
+        round scores the `K` continuations of every prefix and rewards the prefix with their soft value, per reward
+        function. The reward regions (Mask Propagation) go to the round.
+        """
+        prefix_round = self._round.stage == "prefix"
+        num = self.args.vmr_num_continuations if prefix_round else 1
+        images = [image for continuations in completions for image in continuations] if prefix_round else completions
+        if prefix_round:  # the reward functions see every continuation as a row of its own
+            inputs, prompts = _repeat_rows(inputs, num), _repeat_rows(prompts, num)
+            completion_ids_list = self._round.continuation_ids
+        rewards = super()._calculate_rewards(inputs, prompts, images, completion_ids_list)
+        # read now: a region reward's `last_regions` describes its latest call only
+        self._round.region_masks = self._region_masks(images, continuations=num)
+        if prefix_round:
+            # gathered rows are (process, prompt row, continuation); one soft value per reward function (class doc)
+            per_prefix = rewards.view(-1, num, rewards.shape[1])
+            values = soft_value(per_prefix.transpose(1, 2), self.args.vmr_eta)
+            weights = self.reward_weights.to(rewards.device)
+            self._metrics["train"]["vmr/continuation_reward"].append((rewards * weights).nansum(1).nanmean().item())
+            self._metrics["train"]["vmr/value"].append((values * weights).nansum(1).nanmean().item())
+            rewards = values
+        # All TRL still does with the images is gather them to every process for the sample log: replace them, in the
+        # list TRL holds, by thumbnails
         for i, completion in enumerate(completions):
-            completions[i] = (
-                [_thumbnail(c) for c in completion] if isinstance(completion, list) else _thumbnail(completion)
-            )
+            completions[i] = [_thumbnail(c) for c in completion] if prefix_round else _thumbnail(completion)
         return rewards
-
-    def _score(self, inputs, prompts, completions, completion_ids_list):
-        if self._rollout_stage != "prefix":
-            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-            self._rollout_masks = self._region_masks(completions, continuations=1)
-            return rewards
-        # Prefix update: score the K continuations of every prefix, and reward the prefix with their soft value.
-        num = self.args.vmr_num_continuations
-        images = [image for continuations in completions for image in continuations]
-        rewards = super()._calculate_rewards(
-            _repeat_rows(inputs, num), _repeat_rows(prompts, num), images, self._continuation_ids
-        )
-        self._rollout_masks = self._region_masks(images, continuations=num)
-        per_prefix = rewards.view(-1, num, rewards.shape[1])  # gathered rows are (process, prompt row, continuation)
-        values = soft_value(per_prefix.transpose(1, 2), self.args.vmr_eta)  # per reward function, see the class doc
-        total = (rewards * self.reward_weights.to(rewards.device)).nansum(1)
-        self._metrics["train"]["vmr/continuation_reward"].append(total.nanmean().item())
-        self._metrics["train"]["vmr/value"].append(
-            (values * self.reward_weights.to(values.device)).nansum(1).nanmean().item()
-        )
-        return values
 
     def _log_image_statistics(self, images: torch.Tensor, stage: str, mode: str):
         """Reward-hacking monitor: statistics the reward does not measure, averaged over processes."""
@@ -402,10 +432,12 @@ class VARGRPOTrainer(GRPOTrainer):
                     found[row] = True
         masks = masks.view(-1, continuations, *grid).any(1)
         found = found.view(-1, continuations).any(1)
-        masks[~found] = True
+        masks[~found] = True  # nothing found (say, OCR read no word): train the whole image rather than none of it
         return masks
 
-    def _token_weights(self, num_rows: int, num_tokens: int, region_masks: torch.Tensor | None) -> torch.Tensor:
+    def _token_weights(
+        self, num_rows: int, num_tokens: int, stage: str, region_masks: torch.Tensor | None
+    ) -> torch.Tensor:
         r"""
         Per-token loss weights `(rows, num_tokens)` that TRL's float `completion_mask` carries into every loss type:
         `k_t * m_tij * [token trained in this stage]`, rescaled per row so that the weights sum to the number of
@@ -415,7 +447,7 @@ class VARGRPOTrainer(GRPOTrainer):
         """
         scale_index = self.token_scale_index[:num_tokens]
         trained = torch.ones(num_tokens, dtype=torch.bool)
-        if self._rollout_stage == "suffix":
+        if stage == "suffix":
             trained &= scale_index >= self.prefix_scales
         if region_masks is None:
             active = trained.float().expand(num_rows, -1)
@@ -451,9 +483,10 @@ class VARGRPOTrainer(GRPOTrainer):
         # log-probs must equal the sampled ones. Compare them in the loss's own log-prob pass (no extra forward).
         generate_every = self.args.steps_per_generation * self.num_iterations
         fresh = self.model.training and self._step % generate_every < self.current_gradient_accumulation_steps
-        self._sampled_logps = inputs.get("sampling_per_token_logps") if fresh else None
-        if self.model.training and self._train_round_stage != "full":
-            self._metrics["train"]["vmr/prefix_update"].append(float(self._train_round_stage == "prefix"))
+        self._train_round.logps_to_check = inputs.get("sampling_per_token_logps") if fresh else None
+        # `_round` may be an evaluation round by now: the update belongs to the buffered training round
+        if self.model.training and self._train_round.stage != "full":
+            self._metrics["train"]["vmr/prefix_update"].append(float(self._train_round.stage == "prefix"))
         return super()._compute_loss(model, inputs)
 
     def _get_per_token_logps_and_entropies(
@@ -490,9 +523,10 @@ class VARGRPOTrainer(GRPOTrainer):
             all_logps.append(logps)
         entropies = torch.cat(all_entropies) if compute_entropy else None
         logps = torch.cat(all_logps)
-        if compute_entropy and self._sampled_logps is not None:
+        sampled_logps = self._train_round.logps_to_check
+        if compute_entropy and sampled_logps is not None:  # the loss's pass, on the round's first update
             agreement = logprob_agreement(
-                self._sampled_logps, logps, self.token_scale_index[: logps.shape[1]], len(self.scale_schedule)
+                sampled_logps, logps, self.token_scale_index[: logps.shape[1]], len(self.scale_schedule)
             )
             values = torch.tensor(list(agreement.values()), device=logps.device)
             worst = self.accelerator.reduce(values, "max")  # max_abs_diff: the worst process
@@ -502,43 +536,8 @@ class VARGRPOTrainer(GRPOTrainer):
             ):
                 value = worst_value if name == "max_abs_diff" else mean_value
                 self._metrics["train"][f"logprob_agreement/{name}"].append(value)
-            self._sampled_logps = None
-        return logps, entropies, None
-
-    # ------------------------------------------------------------------ logging
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        super().log(logs, start_time)
-        step = self.state.global_step
-        if self.log_images and self.model.training and self._logs["completion"] and step != self._images_logged_at:
-            self._images_logged_at = step  # the end-of-training summary log comes at the same step: one grid
-            if self.accelerator.is_main_process:
-                self._log_sample_images()
-
-    def _log_sample_images(self):
-        count = min(self.args.num_completions_to_print or 16, len(self._logs["completion"]))
-        # a prefix update's rollout is its K continuations (rewarded with their soft value): show the first
-        images = [image[0] if isinstance(image, list) else image for image in list(self._logs["completion"])[-count:]]
-        prompts = list(self._logs["prompt"])[-count:]
-        columns = {name: list(values)[-count:] for name, values in self._logs["rewards"].items()}
-        columns["adv"] = list(self._logs["advantages"])[-count:]
-        captions = [
-            " ".join([f"{name}={values[i]:.2f}" for name, values in columns.items()] + [prompts[i]])
-            for i in range(count)
-        ]
-        grid = make_image_grid(images, captions)
-        step = self.state.global_step
-        folder = os.path.join(self.args.output_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        grid.save(os.path.join(folder, f"step-{step:06d}.png"))
-        caption = " | ".join(captions)
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                callback.tb_writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-            elif isinstance(callback, WandbCallback) and callback._wandb.run is not None:
-                callback._wandb.log({"samples": callback._wandb.Image(grid, caption=caption)}, step=step)
-            elif isinstance(callback, TrackioCallback) and callback._initialized:
-                callback._trackio.log({"samples": callback._trackio.Image(grid, caption=caption)}, step=step)
+            self._train_round.logps_to_check = None  # checked once per micro-batch
+        return logps, entropies, None  # no auxiliary (mixture-of-experts) loss
 
     # ------------------------------------------------------------------ Hub
 
