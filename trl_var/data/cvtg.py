@@ -14,9 +14,11 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from datasets import Dataset, load_dataset, load_from_disk
+from datasets import Dataset
 
 from ..rewards.ocr import extract_quoted_spans
+from .loading import load_dataset_from
+from .loading import looks_like_local_path as _looks_like_local_path
 
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,6 @@ CVTG2K_SUBSETS = ("CVTG", "CVTG-style")
 CVTG2K_REGION_COUNTS = (2, 3, 4, 5)
 
 _CVTG_FILE = re.compile(r"^(\d+)(_combined)?\.json$")
-_DATA_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_cvtg2k(
@@ -48,8 +49,9 @@ def load_cvtg2k(
     A file that maps indices to prompts (`{"0": "A sign that says 'READ' ..."}`, as some copies of the benchmark have)
     is read too. Folder names are matched case-insensitively (TextCrafter's own scripts spell `CVTG-Style`).
 
-    Rows without a prompt, without quoted text, with an index that is not an integer or, in the fine-grained files,
-    without `carrier_list` / `sentence_list` are skipped, and a warning lists them per file.
+    Rows without a prompt, without quoted text, with an index that is not an integer, with a `carrier_list` /
+    `sentence_list` that is not a list of texts (a lone string counts as one text) or, in the fine-grained files,
+    without them are skipped, and a warning lists them per file.
 
     Args:
         path_or_repo (`str` or `os.PathLike`, *optional*, defaults to `"dnkdnk/CVTG-2K"`):
@@ -74,7 +76,8 @@ def load_cvtg2k(
 
     Raises:
         `FileNotFoundError`: when the folder, zip or Hub dataset cannot be found (the message says where it looked),
-        or when a requested file is missing from it.
+        or when a requested file is missing from it. `ValueError`: naming a file that is not valid JSON or not in
+        the benchmark's format.
 
     Example:
 
@@ -136,16 +139,6 @@ def _find_cvtg_files(
     return _read_folder(folder), f"the Hub dataset {path!r} (snapshot {folder})"
 
 
-def _looks_like_local_path(path: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else that does not exist is a missing local path."""
-    return (
-        path.startswith((".", "/", "~"))
-        or path.endswith((".zip", ".json"))
-        or path.count("/") > 1
-        or (os.sep != "/" and os.sep in path)
-    )
-
-
 def _cvtg_key(relative_path: str) -> tuple[str, str] | None:
     parts = relative_path.replace("\\", "/").split("/")
     # macOS zips carry `__MACOSX/CVTG/._2.json` resource forks next to the real files
@@ -188,7 +181,12 @@ def _read_zip(path: str) -> dict[tuple[str, str], bytes]:
 
 
 def _parse_cvtg_file(content: bytes, subset: str, num_regions: int, name: str, fine: bool) -> list[dict[str, Any]]:
-    data = json.loads(content)
+    try:
+        data = json.loads(content)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(
+            f"{name} is not valid JSON ({type(error).__name__}: {error}); is it a CVTG-2K file?"
+        ) from error
     if isinstance(data, dict) and "data_list" in data:
         items = data["data_list"]
     elif isinstance(data, dict) and all(isinstance(value, str) for value in data.values()):
@@ -200,7 +198,12 @@ def _parse_cvtg_file(content: bytes, subset: str, num_regions: int, name: str, f
         raise ValueError(f"{name} has no top-level `data_list` ({found}); is it a CVTG-2K file?")
 
     rows = []
-    skipped: dict[str, list[Any]] = {"missing fields": [], "empty prompt": [], "no quoted text": []}
+    skipped: dict[str, list[Any]] = {
+        "missing fields": [],
+        "empty prompt": [],
+        "no quoted text": [],
+        "annotations not lists of texts": [],
+    }
     required = ("index", "prompt", "carrier_list", "sentence_list") if fine else ("index", "prompt")
     for position, item in enumerate(items):
         if not isinstance(item, dict):
@@ -218,6 +221,10 @@ def _parse_cvtg_file(content: bytes, subset: str, num_regions: int, name: str, f
         if not targets:
             skipped["no quoted text"].append(index)
             continue
+        carriers, sentences = _texts(item.get("carrier_list")), _texts(item.get("sentence_list"))
+        if carriers is None or sentences is None:
+            skipped["annotations not lists of texts"].append(index)
+            continue
         rows.append(
             {
                 "prompt": prompt,
@@ -225,12 +232,26 @@ def _parse_cvtg_file(content: bytes, subset: str, num_regions: int, name: str, f
                 "num_regions": num_regions,
                 "subset": subset,
                 "index": int(item["index"]),
-                "carrier_list": [str(text) for text in item.get("carrier_list") or []],
-                "sentence_list": [str(text) for text in item.get("sentence_list") or []],
+                "carrier_list": carriers,
+                "sentence_list": sentences,
             }
         )
     _warn_skipped(name, len(items), skipped)
     return rows
+
+
+def _texts(value: Any) -> list[str] | None:
+    """An annotation as a list of texts: a missing one is empty, a lone string is one text, anything but a list of
+    strings or numbers is `None` (the row is skipped)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(
+        isinstance(text, str | int | float) and not isinstance(text, bool) for text in value
+    ):
+        return [str(text) for text in value]
+    return None
 
 
 def _is_integer(value: Any) -> bool:
@@ -262,7 +283,7 @@ def load_prompt_dataset(
     Args:
         path_or_id (`str` or `os.PathLike`):
             A `.json` / `.jsonl` / `.csv` / `.parquet` file, a folder (of such files, or saved with
-            `Dataset.save_to_disk`) or a Hub dataset id, read with `datasets.load_dataset` (or `load_from_disk`).
+            `Dataset.save_to_disk`) or a Hub dataset id, read with [`~trl_var.data.loading.load_dataset_from`].
         target_column (`str`, *optional*):
             Column with the text(s) to render: a string (one text region) or a list of strings. If `None`, the targets
             are the quoted spans of the prompt ([`extract_quoted_spans`]).
@@ -282,25 +303,7 @@ def load_prompt_dataset(
         `FileNotFoundError`: when the file, folder or Hub dataset cannot be found (the message says where it looked).
     """
     path = os.fspath(path_or_id)
-    extension = os.path.splitext(path)[1].lower()
-    if os.path.isfile(path):
-        if extension not in _DATA_EXTENSIONS:
-            raise ValueError(f"{path!r}: unsupported file type {extension!r}; use one of {sorted(_DATA_EXTENSIONS)}.")
-        dataset = load_dataset(_DATA_EXTENSIONS[extension], data_files=path, split=split)
-    elif os.path.isfile(os.path.join(path, "state.json")):
-        dataset = load_from_disk(path)
-    elif os.path.isdir(path):
-        dataset = load_dataset(path, name, split=split)
-    elif _looks_like_local_path(path) or extension in _DATA_EXTENSIONS:
-        raise FileNotFoundError(f"No dataset file or folder at {path!r} (resolved to {os.path.abspath(path)}).")
-    else:
-        try:
-            dataset = load_dataset(path, name, split=split)
-        except Exception as error:  # offline mode, network, auth or a bad id: all mean "not found here", said once
-            raise FileNotFoundError(
-                f"{path!r} is not a local file or folder (looked for {os.path.abspath(path)}) and could not be loaded "
-                f"as a Hub dataset ({type(error).__name__}: {error})."
-            ) from error
+    dataset = load_dataset_from(path, name=name, split=split)
 
     if prompt_column not in dataset.column_names:
         raise ValueError(f"No prompt column {prompt_column!r} in {path!r}; columns: {dataset.column_names}.")
