@@ -10,8 +10,9 @@ With no arguments it fine-tunes the tiny pretrained model shipped in `recipes/mo
 `recipes/pretrain_tiny.py`) on synthetic prompts on a CPU, prints Tesseract's word accuracy on the held-out prompts
 (words never seen in pretraining nor in RL) before and after training, saves the model to `output_dir` (loadable with
 `AutoModel.from_pretrained` after `import trl_var`) and writes `before_after.png`: samples of the same held-out
-prompts before and after training, with what Tesseract read. An interrupted run resumes from the last checkpoint in
-`output_dir` when started again.
+prompts before and after training, with what Tesseract read. An interrupted run resumes from the last complete
+checkpoint in `output_dir` when started again; a run with other settings into the same `output_dir`, or a second
+training into it while one is running, is refused (trl_var/trainer/run_folder.py).
 """
 
 import argparse
@@ -19,17 +20,24 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from datasets import load_dataset
-from transformers import AutoModel, AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import set_seed
 from trl import TrlParser
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
 from trl_var.data import extract_quoted_spans, make_heldout_dataset, make_text_render_dataset
+from trl_var.data.loading import load_dataset_from
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
+from trl_var.trainer.preflight import check_enough_prompts, create_hub_repository, load_policy, warn_unknown_characters
+from trl_var.trainer.run_folder import (
+    check_checkpoint,
+    check_run_settings,
+    last_good_checkpoint,
+    lock_output_dir,
+    training_settings,
+)
 from trl_var.visualization import make_image_grid
 
 
@@ -68,8 +76,19 @@ class ScriptArguments:
         metadata={"help": "Column with the words to render. Default: the double-quoted spans of the prompt."},
     )
     ocr_penalty: float = field(default=0.6, metadata={"help": "Weight lambda of the OCR reward's character penalty."})
+    ocr_timeout: float = field(
+        default=30,
+        metadata={
+            "help": "Seconds Tesseract may take on one image (0: no limit); an image not read in time scores None in "
+            "training (left out of the reward) and counts as read empty in the before/after scoring, with a warning."
+        },
+    )
     num_sample_prompts: int = field(
-        default=8, metadata={"help": "Prompts shown in before_after.png (sampled before and after training)."}
+        default=8,
+        metadata={
+            "help": "Prompts shown in before_after.png (sampled before and after training). 0, with "
+            "num_heldout_prompts 0: no before/after scoring."
+        },
     )
     num_heldout_prompts: int = field(
         default=0,
@@ -81,26 +100,72 @@ class ScriptArguments:
     )
 
 
-def heldout_scores(model, tokenizer, prompts, targets, args: VARGRPOConfig) -> dict:
+def heldout_scores(model, tokenizer, prompts, targets, args: VARGRPOConfig, ocr_timeout: float) -> dict:
     """Word accuracy and NED of one sample per held-out prompt, with the evaluation sampling settings."""
     pipeline = VARPipeline(model, tokenizer)
-    return score_prompts(pipeline, prompts, targets, seed=args.seed, **args.sampling_kwargs(evaluation=True))
+    return score_prompts(
+        pipeline, prompts, targets, seed=args.seed, ocr_timeout=ocr_timeout, **args.sampling_kwargs(evaluation=True)
+    )
+
+
+# Script arguments that only choose what is reported: a resumed run may change them.
+REPORT_ONLY_ARGUMENTS = ("num_sample_prompts", "num_heldout_prompts", "ocr_timeout")
+
+
+def script_settings(script_args: ScriptArguments) -> dict:
+    """The script arguments a resumed run must keep, local paths resolved (a relative and an absolute path agree)."""
+    settings = {k: v for k, v in asdict(script_args).items() if k not in REPORT_ONLY_ARGUMENTS}
+    for name in ("model_name_or_path", "dataset_name"):
+        if settings[name] is not None and os.path.exists(settings[name]):
+            settings[name] = os.path.realpath(settings[name])
+    return settings
+
+
+def reward_targets(reward: OCRReward, dataset) -> list[list[str]]:
+    """
+    The words the reward scores each row of `dataset` against, found before anything is sampled: the reward's own
+    error names a prompt without quoted text or a missing `--reward_target_column`, and a row whose column is empty
+    is named here.
+    """
+    columns = {name: dataset[name] for name in dataset.column_names if name != "prompt"}
+    targets = reward._targets(dataset["prompt"], columns)
+    for row, (prompt, words) in enumerate(zip(dataset["prompt"], targets, strict=True)):
+        if not words:
+            raise ValueError(
+                f"Row {row} ({prompt!r}) has no text to render in the column {reward.target_column!r}: fill it or "
+                f"drop the row."
+            )
+    return targets
 
 
 def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
     set_seed(training_args.seed)
-    reward = OCRReward(target_column=script_args.reward_target_column, penalty=script_args.ocr_penalty)
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path, padding_side="left")
-    model = AutoModel.from_pretrained(script_args.model_name_or_path, **(training_args.model_init_kwargs or {}))
+    output_dir = training_args.output_dir
+    if training_args.should_save:  # one training at a time per folder, with the settings of the run that made it
+        lock_output_dir(output_dir)
+        check_run_settings(
+            output_dir, {"training": training_settings(training_args), "script": script_settings(script_args)}
+        )
+    if training_args.push_to_hub:  # fail now, not when the trainer is built after the model loads
+        create_hub_repository(training_args)
+    reward = OCRReward(
+        target_column=script_args.reward_target_column,
+        penalty=script_args.ocr_penalty,
+        timeout=script_args.ocr_timeout,
+    )
 
     if script_args.dataset_name is None:  # synthetic prompts; the held-out words are never drawn
         dataset = make_text_render_dataset(
             script_args.num_prompts, word_length=script_args.word_length, seed=training_args.seed
         )
     else:
-        dataset = load_dataset(
+        dataset = load_dataset_from(
             script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
         )
+    check_enough_prompts(len(dataset), training_args)
+    targets_of_dataset = reward_targets(reward, dataset)
+    model, tokenizer = load_policy(script_args.model_name_or_path, **(training_args.model_init_kwargs or {}))
+    warn_unknown_characters(tokenizer, dataset["prompt"])
 
     trainer = VARGRPOTrainer(
         model=model, reward_funcs=reward, args=training_args, train_dataset=dataset, processing_class=tokenizer
@@ -109,58 +174,87 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
         heldout = make_heldout_dataset()
         num_scored = max(script_args.num_heldout_prompts, script_args.num_sample_prompts)
         prompts, label = heldout["prompt"][:num_scored], "Held-out"
-    else:  # the dataset's own first prompts, scored against their quoted texts
+        targets = [extract_quoted_spans(prompt) for prompt in prompts]
+    else:  # the dataset's own first prompts, scored against the reward's targets
         prompts, label = dataset["prompt"][: script_args.num_sample_prompts], "Sample-prompt"
-    targets = [extract_quoted_spans(prompt) for prompt in prompts]
+        targets = targets_of_dataset[: len(prompts)]
     main_process = trainer.accelerator.is_main_process
-    if main_process:
-        before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args)
+    if main_process and prompts:
+        before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args, script_args.ocr_timeout)
 
     checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+    if checkpoint is not None:
+        problem = check_checkpoint(checkpoint)
+        if problem is not None:
+            raise ValueError(f"Cannot resume from --resume_from_checkpoint {checkpoint}: {problem}.")
+    else:
+        checkpoint = last_good_checkpoint(output_dir)
         if checkpoint is not None:
-            logger.warning(f"Resuming from {checkpoint} (the last checkpoint in {training_args.output_dir}).")
+            logger.warning(f"Resuming from {checkpoint} (the last complete checkpoint in {output_dir}).")
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
 
-    if main_process:
+    if main_process and prompts:  # the report is written before `save_model` pushes, so a failed push keeps it
         model = trainer.accelerator.unwrap_model(trainer.model).eval()
-        after = heldout_scores(model, tokenizer, prompts, targets, training_args)
-        shown = script_args.num_sample_prompts
-        captions = [
-            f"{label}: read {read or '-'!r} ({prompt})"
-            for label, scores in (("before", before), ("after", after))
-            for prompt, read in zip(prompts[:shown], scores["predictions"][:shown], strict=True)
-        ]
-        grid = make_image_grid(before["images"][:shown] + after["images"][:shown], captions, columns=shown)
-        path = os.path.join(training_args.output_dir, "before_after.png")
-        grid.save(path)
-        results = {
-            "prompts": label.lower(),
-            "num_prompts": len(prompts),
-            "before": {k: before[k] for k in ("word_accuracy", "ned")},
-            "after": {k: after[k] for k in ("word_accuracy", "ned")},
-        }
-        with open(os.path.join(training_args.output_dir, "before_after.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        print(
-            f"{label} word accuracy ({len(prompts)} prompts): {before['word_accuracy']:.3f} before, "
-            f"{after['word_accuracy']:.3f} after training (NED {before['ned']:.3f} -> {after['ned']:.3f}). "
-            f"Model saved to {training_args.output_dir}; samples in {path}."
-        )
+        after = heldout_scores(model, tokenizer, prompts, targets, training_args, script_args.ocr_timeout)
+        write_report(label, prompts, before, after, script_args.num_sample_prompts, output_dir)
+    trainer.save_model(output_dir)
+    if main_process:
+        print(f"Model saved to {output_dir}.")
     if training_args.push_to_hub:
         # `trainer.save_model` pushed the model already (transformers does when `push_to_hub` is set); this push adds
         # the dataset to the model card and before_after.png. A failed push says where the model is saved.
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
+def write_report(label: str, prompts: list[str], before: dict, after: dict, shown: int, output_dir: str) -> None:
+    """Writes before_after.json (and before_after.png, with `shown` prompts) and prints the before/after scores."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "before_after.png")
+    if shown > 0:
+        captions = [
+            f"{when}: read {read or '-'!r} ({prompt})"
+            for when, scores in (("before", before), ("after", after))
+            for prompt, read in zip(prompts[:shown], scores["predictions"][:shown], strict=True)
+        ]
+        grid = make_image_grid(before["images"][:shown] + after["images"][:shown], captions, columns=shown)
+        grid.save(path)
+    results = {
+        "prompts": label.lower(),
+        "num_prompts": len(prompts),
+        "before": {k: before[k] for k in ("word_accuracy", "ned")},
+        "after": {k: after[k] for k in ("word_accuracy", "ned")},
+    }
+    with open(os.path.join(output_dir, "before_after.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(
+        f"{label} word accuracy ({len(prompts)} prompts): {before['word_accuracy']:.3f} before, "
+        f"{after['word_accuracy']:.3f} after training (NED {before['ned']:.3f} -> {after['ned']:.3f})."
+        + (f" Samples in {path}." if shown > 0 else "")
+    )
+
+
+def config_in_use(argv: list[str]) -> tuple[list[str], str]:
+    """
+    The command line with the demo's YAML added for a demo run (no `--config`, `--model_name_or_path` or
+    `--dataset_name`: options given override it), and a line saying which config the run uses: a run on another model
+    or dataset starts from VARGRPOConfig's defaults, not from the demo's settings tuned for the tiny model.
+    """
+    options = {arg.split("=")[0] for arg in argv}
+    if "--config" in options:
+        return argv, "Config: the --config file, then the command line's options."
+    if not {"--model_name_or_path", "--dataset_name"} & options:
+        return ["--config", DEFAULT_CONFIG, *argv], f"Config: the CPU demo's {DEFAULT_CONFIG}, then the command line."
+    return argv, (
+        f"Config: VARGRPOConfig's defaults and the command line (a run on another model or dataset does not read the "
+        f"demo's {DEFAULT_CONFIG}; pass `--config {DEFAULT_CONFIG}` to start from it)."
+    )
+
+
 if __name__ == "__main__":
-    if not {"--config", "--model_name_or_path", "--dataset_name"} & set(sys.argv[1:]):
-        # the CPU demo's YAML is the default config of a demo run; options given on the command line override it
-        sys.argv[1:1] = ["--config", DEFAULT_CONFIG]
+    sys.argv[1:], config_note = config_in_use(sys.argv[1:])
     parser = TrlParser(
         (ScriptArguments, VARGRPOConfig), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     script_args, training_args = parser.parse_args_and_config()
+    logger.warning(config_note)
     main(script_args, training_args)
