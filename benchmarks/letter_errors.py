@@ -15,17 +15,20 @@ import argparse
 import collections
 import json
 import os
-import sys
 
 import torch
 from transformers import AutoModel, AutoTokenizer
+from trl import TrlParser
 
 from trl_var import VARGRPOConfig, VARPipeline
+from trl_var.data import make_heldout_dataset, make_word_prompts, validation_words
 from trl_var.evaluation import score_prompts
+from trl_var.utils import markdown_table, write_markdown_section
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation  # noqa: E402  (the evaluation prompts and the recipe's sampling)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE_CONFIG = os.path.join(ROOT, "recipes", "configs", "text_render_tiny.yaml")
+SHIPPED_MODEL = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
 
 
 def classify(prediction: str, target: str) -> tuple[str, list[int]]:
@@ -58,27 +61,23 @@ def tally(predictions: list[str], targets: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     """A Markdown table: the fraction of reads of each kind, and of reads with a wrong letter at each position."""
-    length = len(rows[0]["wrong_letter_at"])
-    positions = " | ".join(f"wrong letter {i + 1}" for i in range(length))
-    lines = [
-        f"| model | prompts | reads | exact | empty | wrong length | wrong letters | {positions} |",
-        "|---|---|---|---|---|---|---|" + "---|" * length,
+    header = ["model", "prompts", "reads", "exact", "empty", "wrong length", "wrong letters"]
+    header += [f"wrong letter {i + 1}" for i in range(len(rows[0]["wrong_letter_at"]))]
+    cells = [
+        [f"`{row['model']}`", row["prompts"], row["reads"]]
+        + [f"{row[kind]:.2f}" for kind in ("exact", "empty", "length", "letters")]
+        + [f"{x:.2f}" for x in row["wrong_letter_at"]]
+        for row in rows
     ]
-    for row in rows:
-        at = " | ".join(f"{x:.2f}" for x in row["wrong_letter_at"])
-        lines.append(
-            f"| `{row['model']}` | {row['prompts']} | {row['reads']} | {row['exact']:.2f} | {row['empty']:.2f} | "
-            f"{row['length']:.2f} | {row['letters']:.2f} | {at} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=[ablation.SHIPPED_MODEL], help="Folders or Hub ids.")
+    parser.add_argument("--models", nargs="+", default=[SHIPPED_MODEL], help="Folders or Hub ids.")
     parser.add_argument(
         "--prompts",
-        choices=list(ablation.EVAL_PROMPTS),
+        choices=["heldout", "validation"],
         default="validation",
         help="validation (default): a diagnosis guides the next setting, so it reads the words settings are chosen on.",
     )
@@ -91,10 +90,13 @@ def main(argv: list[str] | None = None):
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}.")
     torch.set_num_threads(os.cpu_count())
-    recipe = ablation.load_recipe()
-    sampling = VARGRPOConfig(**ablation.recipe_fields(recipe)).sampling_kwargs(evaluation=True)
-    num = ablation.EVAL_PROMPTS[args.prompts]
-    prompts, targets = ablation.evaluation_prompts(args.prompts, num, recipe.get("word_length", 3))
+    # the recipe's evaluation sampling, read as the recipe reads its config (its own keys skipped)
+    (recipe,) = TrlParser(VARGRPOConfig).parse_args_and_config(
+        ["--config", RECIPE_CONFIG], fail_with_unknown_args=False
+    )
+    sampling = recipe.sampling_kwargs(evaluation=True)
+    data = make_heldout_dataset() if args.prompts == "heldout" else make_word_prompts(validation_words())
+    prompts, targets = list(data["prompt"]), list(data["text"])
     rows = []
     for name in args.models:
         tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
@@ -102,12 +104,12 @@ def main(argv: list[str] | None = None):
         predictions = []
         for seed in range(args.samples):
             predictions += score_prompts(pipeline, prompts, targets, seed=seed, **sampling)["predictions"]
-        shown = os.path.relpath(name, ablation.ROOT) if os.path.isdir(name) else name
+        shown = os.path.relpath(name, ROOT) if os.path.isdir(name) else name
         rows.append({"model": shown, "prompts": args.prompts, **tally(predictions, targets * args.samples)})
     text = table(rows)
     print(text)
     if args.report:
-        ablation.write_section(args.report, "letter-errors", text, "benchmarks/letter_errors.py")
+        write_markdown_section(args.report, "letter-errors", text, "letter-errors (`benchmarks/letter_errors.py`)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

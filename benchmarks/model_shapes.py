@@ -8,15 +8,11 @@ weights): the NextFlow-7B shape of the paper and the tiny CPU model of the recip
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-from trl_var import VARForImageGeneration, build_char_tokenizer, nextflow_7b_config
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
-from pretrain_tiny import tiny_text_render_model  # noqa: E402
+from trl_var import VARForImageGeneration, build_char_tokenizer
+from trl_var.models.presets import nextflow_7b_config, tiny_text_render_model
 
 
 def describe(name: str, model: VARForImageGeneration, prompt_tokens: int = 64) -> dict:

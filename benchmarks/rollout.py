@@ -15,41 +15,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
-from trl_var import VARConfig, VARForImageGeneration, build_char_tokenizer
-from trl_var.models.configuration_var import NEXTFLOW_1024_SCALE_SIDES
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes"))
-from pretrain_tiny import tiny_text_render_model  # noqa: E402
-
-
-def nextflow_shaped(hidden_size=128, layers=4):
-    sides = [max(1, -(-side // 2)) for side in NEXTFLOW_1024_SCALE_SIDES]  # 18 scales, 32x32 last
-    return VARConfig(
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": hidden_size,
-            "intermediate_size": 3 * hidden_size,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": 128,
-            "pad_token_id": 0,
-        },
-        vq_config={
-            "sample_size": 128,
-            "block_out_channels": [16, 16, 16],
-            "norm_num_groups": 8,
-            "latent_channels": 8,
-            "codebook_size": 1024,
-            "scale_schedule": [[s, s] for s in sides],
-        },
-    )
+from trl_var import VARForImageGeneration, build_char_tokenizer
+from trl_var.models.presets import nextflow_shaped_config, tiny_text_render_config
 
 
 def best_time(fn, repeats):
@@ -78,6 +49,7 @@ def recompute_rollout(model, input_ids, attention_mask):
 def measure(name, config, batch_size, repeats, num_continuations=2, prefix_scales=None):
     torch.manual_seed(0)
     model = VARForImageGeneration(config).eval()
+    model.generation_config.update(guidance_scale=1.0, top_k=0, top_p=1.0)  # plain sampling, unless a row says
     input_ids = torch.randint(3, config.text_config.vocab_size, (batch_size, 16))
     mask = torch.ones_like(input_ids)
     tokens = model.generate(input_ids, mask).image_ids
@@ -131,8 +103,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [
-        measure("nextflow-shaped (18 scales, halved)", nextflow_shaped(), args.batch_size, args.repeats),
-        measure("tiny recipe (6 scales)", tiny_text_render_model(build_char_tokenizer()).config, 16, args.repeats),
+        measure("nextflow-shaped (18 scales, halved)", nextflow_shaped_config(), args.batch_size, args.repeats),
+        measure("tiny recipe (6 scales)", tiny_text_render_config(build_char_tokenizer()), 16, args.repeats),
     ]
     columns = [
         ("model", "{:36}"),

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 
@@ -20,10 +19,7 @@ from datasets import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer, build_char_tokenizer
-
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rollout import nextflow_shaped  # noqa: E402
+from trl_var.models.presets import nextflow_shaped_config
 
 
 def brightness(completions, **kwargs):
@@ -102,7 +98,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
-    config = nextflow_shaped()
+    config = nextflow_shaped_config()
     config.text_config.vocab_size = len(tokenizer)
     model = VARForImageGeneration(config)
     training_args = VARGRPOConfig(

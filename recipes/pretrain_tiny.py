@@ -33,41 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 import trl_var
-from trl_var import MultiScaleVQModel, VARConfig, VARForImageGeneration, VARPipeline
+from trl_var import MultiScaleVQModel, VARForImageGeneration, VARPipeline
 from trl_var.data import HELDOUT_WORDS, make_heldout_dataset
 from trl_var.data.render import RenderStyle, make_render_dataset, render_word
 from trl_var.evaluation import read_images, score_prompts
 from trl_var.models.pipeline_var import images_to_pil
-
-
-def tiny_text_render_model(tokenizer, hidden_size: int = 128, num_layers: int = 4) -> VARForImageGeneration:
-    """
-    A randomly initialized tiny model for 64x64 images (stride 8, scales 1,2,3,4,6,8 = 130 tokens): by default a
-    0.87M-parameter transformer (hidden 128, 4 layers) and a 1.0M-parameter tokenizer.
-    """
-    config = VARConfig(
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": hidden_size,
-            "intermediate_size": 3 * hidden_size,
-            "num_hidden_layers": num_layers,
-            "num_attention_heads": hidden_size // 32,
-            "num_key_value_heads": max(1, hidden_size // 64),
-            "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "max_position_embeddings": 512,
-        },
-        vq_config={
-            "sample_size": 64,
-            "block_out_channels": [16, 32, 64, 64],
-            "norm_num_groups": 8,
-            "latent_channels": 16,
-            "codebook_size": 512,
-            "scale_schedule": [[s, s] for s in (1, 2, 3, 4, 6, 8)],
-        },
-    )
-    return VARForImageGeneration(config)
+from trl_var.models.presets import tiny_text_render_model
 
 
 def to_tensor(images) -> torch.Tensor:

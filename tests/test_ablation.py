@@ -1,16 +1,14 @@
-import argparse
 import json
-import os
-import sys
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import load_script
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import ablation  # noqa: E402
+ablation = load_script("benchmarks/ablation.py")
+START = "<!-- ablation:start -->"
 
 
 def _run(variant, seed, accuracies, seconds=(0.0, 30.0, 60.0)):
@@ -62,29 +60,32 @@ def test_non_positive_counts_are_refused_by_name(option, capsys):
     assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_set_overrides_config_fields_but_not_the_scripts_own(capsys):
-    assert ablation.parse_override("learning_rate=3e-5") == ("learning_rate", 3e-5)
-    assert ablation.parse_override("eval_top_k=null") == ("eval_top_k", None)
-    bad_overrides = (
-        ("learning_rat=1", "VARGRPOConfig field"),
-        ("panw_alpha=0", "set by the script (--variants)"),
-        ("logging_steps=5", "set by the script (--eval_every)"),
-        ("report_to=wandb", "fixed by the script to 'none'"),
+def test_the_command_line_changes_config_fields_of_the_recipe_but_not_the_scripts_own(capsys):
+    args, config, overrides = ablation.parse_args(["--learning_rate", "3e-5", "--eval_top_k", "None", "--seeds", "4"])
+    assert overrides == {"learning_rate": 3e-5, "eval_top_k": None} and args.seeds == [4]
+    assert (config.learning_rate, config.eval_top_k, config.max_steps, config.report_to) == (3e-5, None, 100, [])
+    assert config.per_device_train_batch_size == 16 and config.num_generations == 8  # the rest is the recipe's
+    # ours, not abbreviations of VARGRPOConfig's --report_to / --model_init_kwargs; max_steps and output_dir are no
+    # change of the recipe (every run file records them)
+    argv = ["--report", "r.md", "--model", "m", "--max_steps", "7", "--output_dir", "o"]
+    args, config, overrides = ablation.parse_args(argv)
+    assert (args.report, args.model, config.max_steps, config.output_dir, overrides) == ("r.md", "m", 7, "o", {})
+    with pytest.raises(ValueError, match="learning_rte"):
+        ablation.parse_args(["--learning_rte", "1"])
+    bad_fields = (
+        (["--panw_alpha", "0"], "--panw_alpha: set by --variants in this script"),
+        (["--logging_steps", "5"], "--logging_steps: set by --eval_every in this script"),
+        (["--report_to", "wandb"], "--report_to: fixed to none in this script"),
+        (["--variants", "plain", "vmr+mp"], "--variants: 'vmr+mp' is none of ['plain', 'vmr', 'panw', 'mp', 'full']"),
     )
-    for bad, message in bad_overrides:
+    for argv, message in bad_fields:
         with pytest.raises(SystemExit):
-            ablation.main(["--set", bad])
+            ablation.main(argv)
         assert message in capsys.readouterr().err
 
 
-def test_choosing_settings_never_overwrites_the_published_results_and_held_out_prompts_are_100(capsys):
-    for argv in (["--set", "learning_rate=3e-5"], ["--eval_prompts", "validation"]):
-        with pytest.raises(SystemExit):
-            ablation.main(argv)
-        assert "pass your own --results_dir and --report" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # validation runs are never published, whatever their name
-        ablation.main(["--eval_prompts", "validation", "--name", "pilot"])
-    assert "pass your own --results_dir and --report" in capsys.readouterr().err
+def test_held_out_prompts_are_100_and_validation_prompts_200(capsys):
+    assert ablation.EVAL_PROMPTS == {"heldout": 100, "validation": 200}
     with pytest.raises(SystemExit):
         ablation.main(["--num_eval_prompts", "150"])
     assert "there are 100 heldout prompts, got 150" in capsys.readouterr().err
@@ -104,43 +105,35 @@ def test_validation_prompts_never_hold_a_held_out_word_and_are_not_the_held_out_
 
 def test_validation_runs_keep_the_validation_words_out_of_their_training_prompts():
     words = ablation.validation_words(3)
-    assert len(words) == len(set(words)) == ablation.NUM_VALIDATION_WORDS == 200
-    args = argparse.Namespace(eval_prompts="validation", num_prompts=2000)
-    trained = set(ablation.training_dataset(args, {"word_length": 3}, seed=0)["text"])
+    assert len(words) == len(set(words)) == 200 and words[:3] == ablation.validation_words()[:3]
+    args = ablation.AblationArguments(eval_prompts="validation", num_prompts=2000)
+    trained = set(ablation.training_dataset(args, seed=0)["text"])
     assert not trained & set(words) and not trained & set(ablation.HELDOUT_WORDS)
     assert len(trained) > 600  # 2,000 draws cover nearly all of the 700 words left
     # held-out runs train on the recipe's prompts, validation words included (make train's data is unchanged)
     args.eval_prompts = "heldout"
-    heldout_run = ablation.training_dataset(args, {"word_length": 3}, seed=0)
+    heldout_run = ablation.training_dataset(args, seed=0)
     assert heldout_run["text"] == ablation.make_text_render_dataset(2000, seed=0)["text"]
     assert set(heldout_run["text"]) & set(words)
 
 
 def test_run_settings_follow_the_recipe_yaml(tmp_path, monkeypatch):
-    args = argparse.Namespace(
-        model=ablation.SHIPPED_MODEL,
-        max_steps=1,
-        eval_every=1,
-        eval_prompts="heldout",
-        num_eval_prompts=2,
-        eval_samples=1,
-        num_prompts=None,
-        set=[],
-    )
-    before = ablation.run_settings(args)
-    assert (
-        before["num_prompts"] == 256
-        and ablation.run_settings(argparse.Namespace(**{**vars(args), "num_prompts": 9}))["num_prompts"] == 9
-    )
+    def settings(*argv):
+        return ablation.run_settings(*ablation.parse_args(["--max_steps", "1", "--eval_every", "1", *argv]))
+
+    before = settings()
+    assert before["num_prompts"] == 256 and settings("--num_prompts", "9")["num_prompts"] == 9  # the recipe's, or ours
     # one image per prompt is what runs made before --eval_samples existed: their settings (and files) still match
     assert "eval_samples" not in before
-    assert ablation.run_settings(argparse.Namespace(**{**vars(args), "eval_samples": 4}))["eval_samples"] == 4
+    assert settings("--eval_samples", "4")["eval_samples"] == 4
     assert before["model"] == "recipes/models/var-tiny-text-render" and len(before["recipe"]) == 16
+    assert settings("--learning_rate", "3e-5")["overrides"] == {"learning_rate": 3e-5}
     changed = tmp_path / "recipe.yaml"
     changed.write_text(open(ablation.RECIPE_CONFIG).read() + "\nwarmup_steps: 7\n")
     monkeypatch.setattr(ablation, "RECIPE_CONFIG", str(changed))
-    assert ablation.run_settings(args)["recipe"] != before["recipe"]
-    assert ablation.recipe_fields()["warmup_steps"] == 7 and "num_heldout_prompts" not in ablation.recipe_fields()
+    assert settings()["recipe"] != before["recipe"]
+    # every run starts from the YAML; the recipe's own keys (num_heldout_prompts) are no VARGRPOConfig field
+    assert ablation.parse_args([])[1].warmup_steps == 7 and settings()["overrides"] == {}
 
 
 @pytest.mark.slow
@@ -159,13 +152,13 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     assert all(0 <= p["word_accuracy"] <= p["ned"] <= 1 for p in full["points"])
     assert PIL.Image.open(tmp_path / "ablation.png").size == (1280, 420)
     first = report.read_text()
-    assert first.startswith("# Benchmarks\n\nintro\n") and first.count(ablation.MARKERS[0]) == 1
+    assert first.startswith("# Benchmarks\n\nintro\n") and first.count(START) == 1
 
     # Started again: every run has its JSON, nothing is retrained, the table is replaced in place (not appended).
     capsys.readouterr()
     ablation.main(argv)
     assert capsys.readouterr().out.count("done already") == 2
-    assert report.read_text().count(ablation.MARKERS[0]) == 1
+    assert report.read_text().count(START) == 1
     assert full["settings"] == {
         "model": "recipes/models/var-tiny-text-render",
         "recipe": full["settings"]["recipe"],  # a hash of the recipe's YAML (see the test above)
@@ -185,7 +178,7 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
     ablation.main([*argv, "--name", "ablation-long", "--report", str(tmp_path / "new.md")])
     ablation.main([*argv, "--name", "ablation-long"])
     assert (tmp_path / "ablation-long.json").exists() and (tmp_path / "ablation-long.png").exists()
-    assert report.read_text().count("<!-- ablation-long:start -->") == 1 and ablation.MARKERS[0] in report.read_text()
+    assert report.read_text().count("<!-- ablation-long:start -->") == 1 and START in report.read_text()
     assert "<!-- ablation-long:end -->" in (tmp_path / "new.md").read_text()  # a report that did not exist yet
 
     # Other settings in the same folder: refused by name, never mixed into the summary.
@@ -193,19 +186,22 @@ def test_ablation_runs_resumes_and_writes_json_plot_and_table(tmp_path, capsys):
         ablation.main([*argv, "--max_steps", "2"])
 
 
-def test_a_held_out_confirmation_of_a_chosen_setting_publishes_under_its_own_name(tmp_path, monkeypatch):
+def test_a_changed_field_reaches_every_run_with_the_variants_switches(tmp_path, monkeypatch):
     class Started(Exception):
         pass
 
-    def run(variant, seed, args):
-        raise Started(variant, seed, dict(args.set))
+    def train(trainer):
+        config = trainer.args
+        raise Started(config.per_device_train_batch_size, config.seed, config.output_dir, config.panw_alpha)
 
-    monkeypatch.setattr(ablation, "run", run)
-    argv = ["--variants", "full", "--seeds", "0", "--set", "per_device_train_batch_size=32"]
-    argv += ["--name", "confirm", "--output_dir", str(tmp_path)]
-    with pytest.raises(Started) as started:  # past the publishing check, into the first run
-        ablation.main(argv)
-    assert started.value.args == ("full", 0, {"per_device_train_batch_size": 32})
+    monkeypatch.setattr(ablation.VARGRPOTrainer, "train", train)
+    argv = ["--variants", "plain", "--seeds", "3", "--per_device_train_batch_size", "32", "--panw_alpha", "0.6"]
+    with pytest.raises(SystemExit):  # the variant sets the method's switches
+        ablation.main([*argv, "--output_dir", str(tmp_path)])
+    with pytest.raises(Started) as started:
+        ablation.main([*argv[:-2], "--name", "confirm", "--output_dir", str(tmp_path)])
+    output_dir = str(tmp_path / "checkpoints" / "plain-seed3")
+    assert started.value.args == (32, 3, output_dir, 0.0)
 
 
 def test_table_names_the_settings_changed_from_the_recipe():
@@ -230,9 +226,24 @@ def test_evaluation_scores_every_prompt_eval_samples_times(monkeypatch):
 
     monkeypatch.setattr(ablation, "score_prompts", score_prompts)
     monkeypatch.setattr(ablation, "VARPipeline", lambda model, tokenizer: None)
-    config = ablation.VARGRPOConfig(**ablation.recipe_fields())
+    _, config, _ = ablation.parse_args([])
     evaluation = ablation.HeldoutEvaluation(None, ["p1", "p2"], ["A", "B"], config, every=5, samples=3)
     evaluation.evaluate(torch.nn.Linear(1, 1), step=0)
     assert seen["prompts"] == ["p1", "p2"] * 3 and seen["targets"] == ["A", "B"] * 3
     assert seen["sampling"]["top_k"] == 2 and seen["sampling"]["guidance_scale"] == 3.0  # the recipe's eval sampling
     assert evaluation.points == [{"update": 0, "train_seconds": 0.0, "word_accuracy": 0.5, "ned": 0.75}]
+
+
+def test_plot_draws_each_variant_in_its_colour_over_a_band():
+    summary = ablation.summarize([_run("plain", 0, [0.2, 0.3, 0.4]), _run("plain", 1, [0.2, 0.5, 0.6])])
+    summary |= ablation.summarize([_run("full", 0, [0.2, 0.6, 0.8])])
+    image = ablation.plot(summary, "train_seconds", "Held-out word accuracy")
+    assert image.size == (640, 420) and image.getpixel((0, 0)) == (255, 255, 255)
+    colours = set(map(tuple, np.asarray(image).reshape(-1, 3).tolist()))
+    assert ablation.COLORS["plain"] in colours and ablation.COLORS["full"] in colours
+    assert ablation.COLORS["vmr"] not in colours  # no run, no curve
+    # plain's std band: a pale tint of its colour between the curve and the band's edge (std 0.14 at the end)
+    right, bottom, top = 640 - 15, 420 - 40, 30
+    y_curve = round(bottom - (bottom - top) * 0.5)
+    tint = image.getpixel((right - 2, y_curve + 12))
+    assert tint != (255, 255, 255) and all(c > p for c, p in zip(tint, ablation.COLORS["plain"]) if p < 200)

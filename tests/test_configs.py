@@ -2,6 +2,7 @@ import os
 
 import pytest
 import yaml
+from conftest import load_script
 from trl import TrlParser
 
 from trl_var import VARGRPOConfig
@@ -12,10 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("name", ["text_render_tiny.yaml", "text_render_nextflow.yaml"])
 def test_recipe_configs_parse_into_the_recipe_arguments(name, tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    from train_text_render import ScriptArguments
+    ScriptArguments = load_script("recipes/train_text_render.py").ScriptArguments
 
     path = os.path.join(ROOT, "recipes", "configs", name)
     parser = TrlParser((ScriptArguments, VARGRPOConfig))

@@ -11,7 +11,7 @@ import huggingface_hub
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_var_config
+from conftest import load_script, tiny_var_config
 
 from trl_var import VARForImageGeneration, VARPipeline, build_char_tokenizer
 from trl_var.data import extract_quoted_spans, load_cvtg2k, load_prompt_dataset, make_text_render_dataset
@@ -381,6 +381,7 @@ def _run_recipe(*args):
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_recipe_evaluates_a_toy_set_writes_the_table_and_resumes(tmp_path, tiny_pipeline):
     tiny_pipeline.save_pretrained(tmp_path / "model")
     make_text_render_dataset(5, seed=0).to_json(tmp_path / "toy.jsonl")
@@ -454,14 +455,10 @@ def test_score_prompts_is_seeded_and_scores_what_tesseract_read():
 
 
 def test_recipe_defaults_pair_each_model_with_a_dataset_it_can_be_scored_on(tmp_path, tiny_pipeline):
-    sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    from evaluate_text_render import (
-        CVTG2K_REPO_ID,
-        HELDOUT_PROMPTS,
-        SHIPPED_MODEL,
-        EvaluationArguments,
-        resolve_dataset,
-    )
+    recipe = load_script("recipes/evaluate_text_render.py")
+    CVTG2K_REPO_ID, HELDOUT_PROMPTS = recipe.CVTG2K_REPO_ID, recipe.HELDOUT_PROMPTS
+    SHIPPED_MODEL = recipe.SHIPPED_MODEL
+    EvaluationArguments, resolve_dataset = recipe.EvaluationArguments, recipe.resolve_dataset
 
     # No options: the shipped 64 px one-word model on its held-out prompts, not on CVTG-2K's 2-5 regions at 1024 px.
     assert resolve_dataset(EvaluationArguments()) == (HELDOUT_PROMPTS, "prompts")

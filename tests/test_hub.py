@@ -4,17 +4,15 @@ The Hub round trip: `push_to_hub` (trainer and recipe) publishes everything `Aut
 it is. The Hub is `FakeHub` (tests/fake_hub.py), an in-memory Hub API behind huggingface_hub's HTTP transport.
 """
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import httpx2
 import huggingface_hub.utils._http
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_var_config
+from conftest import load_script, tiny_var_config
 from datasets import Dataset
 from fake_hub import FakeHub, serve
 from huggingface_hub import ModelCard
@@ -26,7 +24,6 @@ from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer, VARPip
 from trl_var.trainer.model_card import generate_model_card
 
 
-ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "trl-var-tester/var-grpo-tiny"
 WEIGHTS_AND_TOKENIZER = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 
@@ -211,10 +208,9 @@ def test_failed_push_keeps_the_local_save_and_names_the_repo_and_folder(
     assert not hub.repos.get(REPO_ID)  # nothing was committed
 
 
+@pytest.mark.slow
 def test_recipe_with_push_to_hub_publishes_the_trained_model(tmp_path, hub, monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_text_render", ROOT / "recipes" / "train_text_render.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_script("recipes/train_text_render.py")
     parser = recipe.TrlParser((recipe.ScriptArguments, VARGRPOConfig))
     script_args, training_args = parser.parse_args_and_config(
         [

@@ -1,12 +1,10 @@
-import os
-import sys
-
 import pytest
+from conftest import load_script
+
+from trl_var.utils import markdown_table, write_markdown_section
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import letter_errors  # noqa: E402
+letter_errors = load_script("benchmarks/letter_errors.py")
 
 
 @pytest.mark.parametrize(
@@ -43,8 +41,20 @@ def test_table_and_report_section(tmp_path):
     assert text.splitlines()[2] == "| `m` | heldout | 2 | 0.50 | 0.00 | 0.00 | 0.50 | 0.00 | 0.50 | 0.00 |"
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("intro\n<!-- letter-errors:start -->\nold\n<!-- letter-errors:end -->\nrest\n")
-    letter_errors.ablation.write_section(str(report), "letter-errors", text, "benchmarks/letter_errors.py")
+    write_markdown_section(str(report), "letter-errors", text, "letter-errors (`benchmarks/letter_errors.py`)")
     assert report.read_text() == f"intro\n<!-- letter-errors:start -->\n{text}\n<!-- letter-errors:end -->\nrest\n"
+
+
+def test_markdown_table_and_a_new_section_appended_under_its_heading(tmp_path):
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, ""]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 |  |"
+    report = tmp_path / "new.md"  # a file that does not exist yet
+    write_markdown_section(str(report), "study", "one", "study (`benchmarks/ablation.py --name study`)")
+    write_markdown_section(str(report), "other", "two", "other")
+    write_markdown_section(str(report), "study", "three", "study")  # replaced in place, not appended again
+    expected = (
+        "\n## study (`benchmarks/ablation.py --name study`)\n\n<!-- study:start -->\nthree\n<!-- study:end -->\n"
+    )
+    assert report.read_text() == expected + "\n## other\n\n<!-- other:start -->\ntwo\n<!-- other:end -->\n"
 
 
 def test_no_samples_is_refused_by_name(capsys):

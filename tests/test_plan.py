@@ -1,22 +1,16 @@
 """The arithmetic of `benchmarks/plan_nextflow.py`, pinned by hand-computed values."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_var_config
+from conftest import load_script, tiny_var_config
 
 from trl_var import VARForImageGeneration, nextflow_7b_config
 from trl_var.trainer.credit import quarter_resolution_prefix
 
 
-spec = importlib.util.spec_from_file_location(
-    "plan_nextflow", Path(__file__).parents[1] / "benchmarks" / "plan_nextflow.py"
-)
-plan = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plan)
+plan = load_script("benchmarks/plan_nextflow.py")
 
 
 def toy_shape(**changes):

@@ -5,12 +5,14 @@ import sys
 
 import pytest
 import torch
+from conftest import load_script
 from datasets import load_dataset
 from transformers import AutoModel
 
-from trl_var import VARForImageGeneration, VARPipeline
+from trl_var import VARForImageGeneration, VARPipeline, build_char_tokenizer
 from trl_var.data import DEFAULT_TEMPLATES, HELDOUT_WORDS, make_heldout_dataset, make_text_render_dataset
 from trl_var.data.render import RenderStyle, make_render_dataset
+from trl_var.models.presets import nextflow_shaped_config, tiny_text_render_config, tiny_text_render_model
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,13 +31,11 @@ def test_render_dataset_is_seeded_and_keeps_held_out_words_out():
 
 
 def _run(monkeypatch, *args):
-    sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    import pretrain_tiny
-
     monkeypatch.setattr(sys, "argv", ["pretrain_tiny.py", *args])
-    pretrain_tiny.main()
+    load_script("recipes/pretrain_tiny.py").main()
 
 
+@pytest.mark.slow
 def test_pretraining_runs_both_stages_resumes_and_saves_a_loadable_model(tmp_path, monkeypatch, capsys):
     common = ["--output_dir", str(tmp_path), "--batch_size", "4", "--save_every", "2", "--quality_images", "8"]
     common += ["--var_batch_size", "4", "--num_images", "20", "--eval_every", "2", "--hidden_size", "64"]
@@ -72,10 +72,8 @@ def test_eval_every_must_be_a_multiple_of_save_every(tmp_path, monkeypatch, caps
     assert "--eval_every (150) must be a multiple of --save_every (100)" in capsys.readouterr().err
 
 
-def test_learning_rate_warms_up_then_decays_to_a_tenth(monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "recipes"))
-    import pretrain_tiny
-
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    pretrain_tiny = load_script("recipes/pretrain_tiny.py")
     args = argparse.Namespace(var_lr=1e-3, var_warmup=10, var_steps=110)
     assert pretrain_tiny.learning_rate(args, 0) == pytest.approx(1e-4)
     assert pretrain_tiny.learning_rate(args, 9) == pytest.approx(1e-3)
@@ -111,3 +109,21 @@ def test_shipped_model_declares_its_tokenizers_pad_and_eos_tokens():
     assert (text_config.pad_token_id, text_config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
     generation = model.generation_config
     assert (generation.pad_token_id, generation.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def test_presets_pin_the_tiny_recipe_and_the_nextflow_shaped_schedule():
+    tokenizer = build_char_tokenizer()
+    tiny = tiny_text_render_config(tokenizer)
+    assert tiny.num_image_tokens == 130 and tiny.scale_schedule[-1] == (8, 8) and tiny.vq_config["sample_size"] == 64
+    text = tiny.text_config
+    assert (text.hidden_size, text.num_hidden_layers) == (128, 4)
+    assert (text.num_attention_heads, text.num_key_value_heads) == (4, 2)
+    assert (text.vocab_size, text.pad_token_id) == (len(tokenizer), tokenizer.pad_token_id)
+    assert tiny_text_render_config(tokenizer, hidden_size=64).text_config.num_key_value_heads == 1
+    with torch.device("meta"):
+        model = tiny_text_render_model(tokenizer, num_layers=2)
+    assert isinstance(model, VARForImageGeneration) and model.config.text_config.num_hidden_layers == 2
+    # NextFlow's 18 scales at half the side: as many sampling steps as 1024 px, 2,530 tokens, 32x32 last
+    shaped = nextflow_shaped_config()
+    assert len(shaped.scale_schedule) == 18 and shaped.scale_schedule[-1] == (32, 32)
+    assert shaped.num_image_tokens == 2530

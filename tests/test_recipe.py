@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import PIL.Image
+import pytest
 from transformers import AutoModel
 
 import trl_var
@@ -25,6 +26,7 @@ def test_recipe_help_lists_the_script_and_method_options(tmp_path):
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
     output_dir = tmp_path / "run"
     command = [

@@ -33,6 +33,7 @@ from .data.cvtg import _looks_like_local_path
 from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, functional, score_words
 from .models import VARPipeline
 from .rewards.ocr import OCRWord, check_tesseract, read_text
+from .utils import markdown_table
 from .visualization import make_image_grid
 
 
@@ -469,13 +470,12 @@ def format_results_table(results: dict[str, Any]) -> str:
     The results as a markdown table like the paper's (rows: number of text regions, then the average; columns: Word
     Acc, NED, CLIPScore), with a line saying when CLIPScore was skipped.
     """
-    lines = ["| regions | images | words | Word Acc | NED | CLIPScore |", "|---|---|---|---|---|---|"]
-    for key, row in results["rows"].items():
-        clip = "-" if row["clip_score"] is None else f"{row['clip_score']:.4f}"
-        lines.append(
-            f"| {key} | {row['num_samples']} | {row['num_words']} | {row['word_accuracy']:.4f} | {row['ned']:.4f} "
-            f"| {clip} |"
-        )
+    rows = [
+        [key, row["num_samples"], row["num_words"], f"{row['word_accuracy']:.4f}", f"{row['ned']:.4f}"]
+        + ["-" if row["clip_score"] is None else f"{row['clip_score']:.4f}"]
+        for key, row in results["rows"].items()
+    ]
+    table = markdown_table(["regions", "images", "words", "Word Acc", "NED", "CLIPScore"], rows)
     if results["config"]["clip_model"] is None:
-        lines.append("\nCLIPScore skipped: no CLIP model given (`--clip_model`, e.g. openai/clip-vit-large-patch14).")
-    return "\n".join(lines)
+        table += "\n\nCLIPScore skipped: no CLIP model given (`--clip_model`, e.g. openai/clip-vit-large-patch14)."
+    return table

@@ -13,4 +13,5 @@ from .text_render import (
     make_heldout_dataset,
     make_text_render_dataset,
     make_word_prompts,
+    validation_words,
 )

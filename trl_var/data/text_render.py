@@ -1,5 +1,6 @@
 """Synthetic text-rendering prompts: the training data of the CPU toy task, made locally (no Hub)."""
 
+import itertools
 import random
 from collections.abc import Sequence
 
@@ -41,6 +42,20 @@ def make_word_prompts(words: Sequence[str], templates: tuple[str, ...] = DEFAULT
 def make_heldout_dataset(templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> Dataset:
     """The fixed held-out evaluation prompts of the toy task: [`make_word_prompts`] of `HELDOUT_WORDS`."""
     return make_word_prompts(HELDOUT_WORDS, templates)
+
+
+def validation_words(word_length: int = 3, num_words: int = 200, seed: int = 777) -> tuple[str, ...]:
+    """
+    Words of the training distribution (`DEFAULT_ALPHABET`, `word_length` letters; never a held-out word) on which
+    settings are chosen: a run that validates on them keeps them out of its RL prompts, so that, as on the held-out
+    words, a setting is judged on words the policy never trained on, and the held-out words stay for the report.
+    `num_words` of them, drawn with `random.Random(seed)` from the sorted candidates.
+    """
+    every_word = map("".join, itertools.product(DEFAULT_ALPHABET, repeat=word_length))
+    words = sorted(set(every_word) - set(HELDOUT_WORDS))
+    if len(words) < num_words:
+        raise ValueError(f"`num_words`: {len(words)} words of length {word_length} left, too few for {num_words}.")
+    return tuple(random.Random(seed).sample(words, num_words))
 
 
 def make_text_render_dataset(

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -125,6 +126,11 @@ def score_ocr(predictions: Sequence[tuple[str, float]], targets: Sequence[str], 
     return completeness + similarity - penalty_term
 
 
+class OCROutputError(ValueError):
+    """OCR output that is no table of words (e.g. non-UTF-8 bytes, junk without a header, a NaN confidence): the
+    image is treated as not read, as after a timeout, instead of failing the run."""
+
+
 @dataclass(frozen=True)
 class OCRWord:
     """
@@ -218,13 +224,24 @@ def read_text(
             if "timeout" not in str(error).lower():
                 raise
             raise TimeoutError(f"Tesseract did not finish within {timeout} s") from error
+        except UnicodeDecodeError as error:
+            raise OCROutputError(f"Tesseract's output is not UTF-8 text: {error.object[:80]!r}") from error
 
     words = []
-    for text, conf, left, top, box_width, box_height in zip(
-        data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"]
-    ):
-        text = text.strip()
-        conf = float(conf)
+    try:
+        rows = list(zip(data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"]))
+    except (KeyError, TypeError) as error:
+        raise OCROutputError(
+            f"Tesseract's output is not a table of words: no column {error} among {sorted(data)[:10]}"
+        ) from error
+    for text, conf, left, top, box_width, box_height in rows:
+        text = str(text).strip()
+        try:
+            conf = float(conf)
+        except (TypeError, ValueError):
+            conf = math.nan
+        if math.isnan(conf):
+            raise OCROutputError(f"Tesseract read {text!r} with the confidence {conf!r}, which is not a number")
         if conf < 0 or not text:  # -1 marks the page/block/line rows, which are not words
             continue
         # Floor/ceil so that the box in original pixels still covers the whole word.
@@ -280,10 +297,21 @@ def extract_quoted_spans(prompt: str) -> list[str]:
     return [span.strip() for span in _SINGLE_QUOTED_SPAN.findall(prompt) if span.strip()]
 
 
-def check_tesseract() -> None:
+def check_tesseract(timeout: float = 30) -> None:
     """
-    Raises a `RuntimeError` with the install command if the `tesseract` binary cannot be found.
+    Raises a `RuntimeError` with the install command if the `tesseract` binary cannot be found, or saying so if
+    `tesseract --version` does not answer within `timeout` seconds (a hung binary would otherwise hang the start).
     """
+    command = [pytesseract.pytesseract.tesseract_cmd, "--version"]
+    try:
+        subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(
+            f"`{' '.join(command)}` did not answer within {timeout} s: the tesseract binary hangs. Check it by "
+            f"running that command, or point `pytesseract.pytesseract.tesseract_cmd` to a working one."
+        ) from error
+    except OSError:
+        pass  # a missing binary: pytesseract's check below says so with the install command
     try:
         pytesseract.get_tesseract_version()
     except pytesseract.TesseractNotFoundError as error:
@@ -401,6 +429,11 @@ class OCRReward:
         # 2.2 s, process pool 2.1-2.5 s warm or started per call, one at a time 4.1 s).
         with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
             reads = list(pool.map(self._read, completions))
+        if reads and all(words is None for words in reads):
+            logger.warning(
+                f"OCRReward: NONE of the {len(reads)} images of this call was read (every OCR read timed out or "
+                f"failed, see the warnings above): all its rewards are None, so these rollouts teach nothing."
+            )
         self.last_words = [words or [] for words in reads]
         return [
             None
@@ -412,6 +445,6 @@ class OCRReward:
     def _read(self, image: Image.Image) -> list[OCRWord] | None:
         try:
             return read_text(image, upscale=self.upscale, psm=self.psm, timeout=self.timeout)
-        except TimeoutError as error:
+        except (TimeoutError, OCROutputError) as error:
             logger.warning(f"OCRReward: {error}; the image scores None (left out of the reward).")
             return None

@@ -17,6 +17,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import is_wandb_available
 from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
 
+from ..utils import markdown_table
+
 
 if TYPE_CHECKING:
     from ..models import VARConfig
@@ -381,15 +383,15 @@ def _config_table(args: "VARGRPOConfig", prefix_scales: int | None) -> str:
             elif args.vmr_prefix_scales is None:
                 value = f"`{prefix_scales}` (`None`: the paper's quarter-resolution split)"
         rows.append((f"`{name}`", value))
-    return _markdown_table(["parameter", "value"], rows)
+    return markdown_table(["parameter", "value"], rows)
 
 
 def _decoding_table(rollouts: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
     """The decoding settings of the training rollouts and, when known, of the evaluation (blank: not recorded)."""
     if not evaluation:
-        return _markdown_table(["", "training rollouts"], [(f"`{k}`", f"`{v}`") for k, v in rollouts.items()])
+        return markdown_table(["", "training rollouts"], [(f"`{k}`", f"`{v}`") for k, v in rollouts.items()])
     rows = [(f"`{k}`", f"`{v}`", f"`{evaluation[k]}`" if k in evaluation else "") for k, v in rollouts.items()]
-    return _markdown_table(["", "training rollouts", "evaluation"], rows)
+    return markdown_table(["", "training rollouts", "evaluation"], rows)
 
 
 def _results_table(results: Mapping[str, Any] | str | None) -> str | None:
@@ -398,12 +400,6 @@ def _results_table(results: Mapping[str, Any] | str | None) -> str | None:
     from ..evaluation import format_results_table  # only with results: it imports the OCR and metrics stack
 
     return format_results_table(results)
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _is_hub_repo_id(name: str | None) -> bool:
