@@ -1,4 +1,5 @@
-"""Tests of the OCR reward: the paper's formula (pure), Tesseract reading, and the TRL reward callable."""
+"""Tests of the OCR reward: the paper's formula (pure), Tesseract reading, and the TRL reward callable (PP-OCR's own
+tests are in test_ppocr.py)."""
 
 import os
 import pickle
@@ -7,6 +8,7 @@ import pytesseract
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from trl_var.metrics import edit_similarity
 from trl_var.rewards import OCRReward, OCRWord, check_tesseract, extract_quoted_text, read_text, score_ocr
 
 
@@ -87,6 +89,12 @@ def test_score_ocr_similarity_ties_go_to_the_most_confident_prediction_in_any_or
     expected = 8 / 15 - 5 / 15
     assert score_ocr([("cot", 0.2), ("cut", 0.8)], ["cat"]) == pytest.approx(expected)
     assert score_ocr([("cut", 0.8), ("cot", 0.2)], ["cat"]) == pytest.approx(expected)
+
+
+def test_score_ocr_similarity_is_the_metrics_edit_similarity():
+    # one edit-similarity function serves the reward and NED: Sim = LD(world, wor1d) * 1 = 0.8, Comp = Pen = 0
+    assert edit_similarity("world", "wor1d") == pytest.approx(0.8)
+    assert score_ocr([("wor1d", 1.0)], ["world"], penalty=0.0) == edit_similarity("world", "wor1d")
 
 
 @pytest.mark.parametrize("targets", [[], ["cat", ""]])
@@ -223,3 +231,25 @@ def test_ocr_reward_reads_cvtg_single_quoted_targets(cat):
     # CVTG-2K quotes with single quotes ("a sign that says 'CAT'"); apostrophes are not quotes
     reward = OCRReward(num_workers=1)
     assert reward(prompts=["a cat's sign that says 'CAT'"], completions=[cat[0]])[0] > 1.5
+
+
+# OCR backends
+
+
+@pytest.mark.parametrize("backend", ["tesseract", "ppocr"])
+def test_ocr_reward_scores_a_render_with_the_same_formula_on_either_backend(backend, cat, blank):
+    reward = OCRReward(backend=backend)
+    rewards = reward(prompts=['a sign that says "CAT"'] * 2, completions=[cat[0], blank])
+    (word,) = reward.last_words[0]
+    assert word.text == "CAT" and 0.9 < word.confidence <= 1.0
+    # one exact read at confidence s: Comp = Sim = s, Pen = 0
+    assert rewards[0] == pytest.approx(2 * word.confidence)
+    assert rewards[1] == -0.6
+    assert reward.last_regions == [[word.box], []]
+
+
+def test_unknown_ocr_backend_is_an_error_naming_the_backends(cat):
+    with pytest.raises(ValueError, match=r"`backend` 'easyocr'.*\['tesseract', 'ppocr'\]"):
+        OCRReward(backend="easyocr")
+    with pytest.raises(ValueError, match=r"`backend` 'easyocr'"):
+        read_text(cat[0], backend="easyocr")

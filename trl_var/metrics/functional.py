@@ -36,8 +36,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..rewards.ocr import _edit_distance
-
 
 CLIP_SCORE_WEIGHT = 2.5
 CLIP_SCORE_PREFIX = "A photo depicts "
@@ -60,10 +58,24 @@ def split_words(text: str | Sequence[str]) -> list[str]:
     return [word for piece in texts for word in piece.lower().split()]
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Character Levenshtein distance (insertions, deletions and substitutions all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i]
+        for j, char_b in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
 def edit_similarity(target: str, word: str) -> float:
     r"""
     \\(1 - \mathrm{Lev}(target, word) / \max(|target|, |word|)\\), in [0, 1]: 1 for equal words, 0 for words that share
-    nothing (or for a non-empty target and an empty read); 1 when both are empty.
+    nothing (or for a non-empty target and an empty read); 1 when both are empty. NED and the OCR reward
+    ([`~trl_var.rewards.score_ocr`]) both use it.
     """
     longest = max(len(target), len(word))
     return 1.0 - _edit_distance(target, word) / longest if longest else 1.0

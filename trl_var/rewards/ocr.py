@@ -1,11 +1,17 @@
 """
-OCR reward of "VAR RL Done Right" (arXiv 2601.02256), with Tesseract standing in for the paper's PaddleOCRv5.
+OCR reward of "VAR RL Done Right" (arXiv 2601.02256), read by one of two OCR engines (`backend`):
 
-The module has three layers: [`score_ocr`] is the paper's formula as a pure function, [`read_text`] runs one Tesseract
-call on one image, and [`OCRReward`] is the TRL reward callable that glues them together and keeps the word boxes of
+- `"tesseract"` (the default): Tesseract, one subprocess per image;
+- `"ppocr"`: PP-OCRv6-small via RapidOCR, the paper's OCR family (it scores with PaddleOCR), run in-process by
+  onnxruntime from the models bundled in the `rapidocr` wheel (`pip install "trl-var[ppocr]"`; see
+  [`~trl_var.rewards.ppocr`]).
+
+The module has three layers: [`score_ocr`] is the paper's formula as a pure function, [`read_text`] reads one image
+with one engine call, and [`OCRReward`] is the TRL reward callable that glues them together and keeps the word boxes of
 its last call for Mask Propagation.
 """
 
+import importlib.metadata
 import logging
 import math
 import os
@@ -17,13 +23,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytesseract
 from PIL import Image
 
+from ..metrics.functional import edit_similarity
+from . import ppocr
+
 
 logger = logging.getLogger(__name__)
+
+OCR_BACKENDS = ("tesseract", "ppocr")
+OCRBackend = Literal["tesseract", "ppocr"]
 
 
 # What TRL passes to reward functions besides the dataset columns (left out of error messages listing the columns).
@@ -35,24 +47,6 @@ _SINGLE_QUOTED_SPAN = re.compile(r"(?<!\w)'(.+?)'(?!\w)")
 
 # Straight and curly double quotes; a span may not cross a quote of either kind.
 _QUOTED_SPAN = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d]*)[\"\u201c\u201d]")
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Character Levenshtein distance (insertions, deletions and substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
-
-def _similarity(target: str, word: str) -> float:
-    """LD(target, word) = 1 - EditDist(target, word) / max(|target|, |word|), in [0, 1]; `target` is non-empty."""
-    return 1.0 - _edit_distance(target, word) / max(len(target), len(word))
 
 
 def score_ocr(predictions: Sequence[tuple[str, float]], targets: Sequence[str], penalty: float = 0.6) -> float:
@@ -112,7 +106,9 @@ def score_ocr(predictions: Sequence[tuple[str, float]], targets: Sequence[str], 
             completeness += min(exact)
         if predictions:
             # max over (LD, confidence) picks the argmax of LD and breaks its ties by confidence
-            best_ld, best_confidence = max((_similarity(target, word), confidence) for word, confidence in predictions)
+            best_ld, best_confidence = max(
+                (edit_similarity(target, word), confidence) for word, confidence in predictions
+            )
             similarity += best_ld * best_confidence
     completeness /= len(targets)
     similarity /= len(targets)
@@ -134,15 +130,15 @@ class OCROutputError(ValueError):
 @dataclass(frozen=True)
 class OCRWord:
     """
-    A word read by Tesseract.
+    A word read by OCR.
 
     Args:
         text (`str`):
             The word as read (case preserved).
         confidence (`float`):
-            Tesseract's confidence, rescaled to [0, 1].
+            The engine's confidence in [0, 1] (Tesseract's percentage divided by 100; PP-OCR's recognition score).
         box (`tuple[int, int, int, int]`):
-            `(left, top, right, bottom)` in pixels of the original image (before the OCR upscale), right and bottom
+            `(left, top, right, bottom)` in pixels of the original image (before any OCR upscale), right and bottom
             exclusive as in PIL: `image.crop(word.box)` is the word.
     """
 
@@ -162,9 +158,8 @@ def _single_threaded_tesseract() -> Iterator[None]:
     Sets `OMP_THREAD_LIMIT=1` in `os.environ` while at least one caller is inside, then restores it.
 
     pytesseract starts tesseract with `env=os.environ` and offers no other hook. We parallelize across images, and
-    OpenMP threads inside each tesseract only compete with the other calls (32 renders of 64x64 on 2 threads and
-    2 cores: 2.2 s with the limit, 2.6 s without). Reference counted, so that overlapping calls from several threads
-    neither undo each other nor leak the setting.
+    OpenMP threads inside each tesseract only compete with the other calls (BENCHMARKS.md, "OCR reward"). Reference
+    counted, so that overlapping calls from several threads neither undo each other nor leak the setting.
     """
     global _omp_users, _omp_previous
     with _omp_lock:
@@ -185,30 +180,41 @@ def _single_threaded_tesseract() -> Iterator[None]:
 
 
 def read_text(
-    image: Image.Image, *, upscale: int | None = None, psm: int = 7, lang: str = "eng", timeout: float = 0
+    image: Image.Image,
+    *,
+    backend: OCRBackend = "tesseract",
+    upscale: int | None = None,
+    psm: int = 7,
+    lang: str = "eng",
+    timeout: float = 0,
 ) -> list[OCRWord]:
     """
-    Reads the words of an image with one Tesseract call.
+    Reads the words of an image with one OCR engine call.
 
     Args:
         image (`PIL.Image.Image`):
             The image to read.
+        backend (`str`, *optional*, defaults to `"tesseract"`):
+            The OCR engine: `"tesseract"`, or `"ppocr"` (PP-OCRv6-small via RapidOCR, `pip install "trl-var[ppocr]"`).
         upscale (`int`, *optional*):
-            Bicubic upscaling factor applied before OCR, which Tesseract needs on small renders: 3-letter words
-            rendered at 22 px in 64x64 images read exactly 91% of the time as is, 94% at 2x, 97% at 4x. Default:
-            enough to bring the shorter side to 256 px (4 for 64 px images, 1 from 256 px up, so a 1024 px image is
-            not read at 4096 px).
+            Tesseract only: bicubic upscaling factor applied before OCR, which Tesseract needs on small renders.
+            Default: enough to bring the shorter side to 256 px (4 for 64 px images, 1 from 256 px up, so a 1024 px
+            image is not read at 4096 px). PP-OCR scales its detection input itself.
         psm (`int`, *optional*, defaults to `7`):
-            Tesseract page segmentation mode. 7 treats the image as a single text line, the right prior for short
-            rendered words; use 11 (sparse text) for scattered text regions.
+            Tesseract only: page segmentation mode. 7 treats the image as a single text line, the right prior for
+            short rendered words; use 11 (sparse text) for scattered text regions. PP-OCR detects text lines itself.
         lang (`str`, *optional*, defaults to `"eng"`):
-            Tesseract language(s), e.g. `"eng+deu"`.
+            Tesseract only: language(s), e.g. `"eng+deu"`. PP-OCRv6's recognizer reads Latin and Chinese script.
         timeout (`float`, *optional*, defaults to `0`):
-            Seconds after which the Tesseract process is killed and `TimeoutError` raised; `0` waits forever.
+            Seconds after which the read is given up and `TimeoutError` raised; `0` waits forever. A Tesseract process
+            is killed; a PP-OCR read, which runs in-process, is abandoned to finish on its own thread.
 
     Returns:
         `list[OCRWord]`: The words in reading order, with boxes in pixels of `image`.
     """
+    if backend == "ppocr":
+        return [OCRWord(text, confidence, box) for text, confidence, box in ppocr.read_words(image, timeout=timeout)]
+    _check_backend_name(backend)
     image = image.convert("RGB")
     width, height = image.size
     if upscale is None:
@@ -323,10 +329,38 @@ def check_tesseract(timeout: float = 30) -> None:
         ) from error
 
 
+def check_ocr(backend: OCRBackend = "tesseract") -> None:
+    """
+    Raises an error naming the install command if the engine of `backend` is not installed: a `RuntimeError` for a
+    missing `tesseract` binary, an `ImportError` for missing `rapidocr` / `onnxruntime` packages (`"ppocr"`).
+    """
+    if backend == "ppocr":
+        ppocr.get_engine()
+    else:
+        _check_backend_name(backend)
+        check_tesseract()
+
+
+def ocr_engine_name(backend: OCRBackend = "tesseract") -> str:
+    """
+    The engine that `backend` reads with, with its version, as evaluation results and model cards name it: e.g.
+    `"Tesseract 5.3.0"` or `"PP-OCRv6-small via RapidOCR 3.10.0"`.
+    """
+    if backend == "ppocr":
+        return f"{ppocr.ENGINE} {importlib.metadata.version('rapidocr')}"
+    _check_backend_name(backend)
+    return f"Tesseract {pytesseract.get_tesseract_version()}"
+
+
+def _check_backend_name(backend: str) -> None:
+    if backend not in OCR_BACKENDS:
+        raise ValueError(f"Unknown OCR `backend` {backend!r}: use one of {list(OCR_BACKENDS)}.")
+
+
 class OCRReward:
     """
     OCR reward of "VAR RL Done Right" (arXiv 2601.02256) as a TRL reward function: reads each generated image with
-    Tesseract and scores it against the target words with [`score_ocr`].
+    Tesseract or PP-OCR (`backend`) and scores it against the target words with [`score_ocr`].
 
     Args:
         target_column (`str` or `None`, *optional*, defaults to `None`):
@@ -336,14 +370,19 @@ class OCRReward:
         penalty (`float`, *optional*, defaults to `0.6`):
             Weight of the character-bag penalty in [`score_ocr`].
         upscale (`int`, *optional*):
-            Bicubic upscaling factor before OCR; default: by image size, see [`read_text`].
+            Tesseract only: bicubic upscaling factor before OCR; default: by image size, see [`read_text`].
         psm (`int`, *optional*, defaults to `7`):
-            Tesseract page segmentation mode, see [`read_text`].
+            Tesseract only: page segmentation mode, see [`read_text`].
         num_workers (`int` or `None`, *optional*, defaults to `None`):
-            Number of tesseract processes run at once. Defaults to `os.cpu_count()`.
+            Number of images read at once, by threads: each drives a tesseract process, or runs the shared
+            in-process PP-OCR session with one onnxruntime thread. Defaults to `os.cpu_count()`.
         timeout (`float`, *optional*, defaults to `30`):
-            Seconds one image may take; a Tesseract call that hangs is killed, its image scores `None` (TRL then
-            leaves it out) and a warning is logged, so one bad image never stalls a run. `0` waits forever.
+            Seconds one image may take; a read that hangs is given up (a Tesseract process is killed, a PP-OCR read
+            abandoned to its thread), its image scores `None` (TRL then leaves it out) and a warning is logged, so one
+            bad image never stalls a run. `0` waits forever.
+        backend (`str`, *optional*, defaults to `"tesseract"`):
+            The OCR engine: `"tesseract"`, or `"ppocr"` for PP-OCRv6-small via RapidOCR (the paper's OCR family;
+            `pip install "trl-var[ppocr]"`). The score is the same formula for both.
 
     Attributes:
         last_words (`list[list[OCRWord]]`):
@@ -377,9 +416,11 @@ class OCRReward:
         psm: int = 7,
         num_workers: int | None = None,
         timeout: float = 30,
+        backend: OCRBackend = "tesseract",
     ):
-        check_tesseract()  # fail when the trainer is built, not at the first reward call
+        check_ocr(backend)  # fail when the trainer is built, not at the first reward call
         self.__name__ = "ocr"  # TRL names the reward in its logs after `__name__`
+        self.backend = backend
         self.target_column = target_column
         self.penalty = penalty
         self.upscale = upscale
@@ -424,9 +465,9 @@ class OCRReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Image.Image], **kwargs) -> list[float | None]:
         targets = self._targets(prompts, kwargs)
-        # Threads, not processes: each tesseract call is already its own subprocess, so threads give the same
-        # parallelism without forking a torch process or pickling images (32 renders of 64x64, 2 cores: threads
-        # 2.2 s, process pool 2.1-2.5 s warm or started per call, one at a time 4.1 s).
+        # Threads, not processes: each tesseract call is already its own subprocess, and onnxruntime runs PP-OCR
+        # without the GIL, so threads match a process pool without forking a torch process or pickling images
+        # (BENCHMARKS.md, "OCR reward").
         with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
             reads = list(pool.map(self._read, completions))
         if reads and all(words is None for words in reads):
@@ -444,7 +485,7 @@ class OCRReward:
 
     def _read(self, image: Image.Image) -> list[OCRWord] | None:
         try:
-            return read_text(image, upscale=self.upscale, psm=self.psm, timeout=self.timeout)
+            return read_text(image, backend=self.backend, upscale=self.upscale, psm=self.psm, timeout=self.timeout)
         except (TimeoutError, OCROutputError) as error:
             logger.warning(f"OCRReward: {error}; the image scores None (left out of the reward).")
             return None
