@@ -2,6 +2,7 @@ from transformers import AutoConfig, AutoModel
 
 from .char_tokenizer import build_char_tokenizer
 from .configuration_var import VARConfig, nextflow_7b_config
+from .infinity import InfinityConfig, InfinityForImageGeneration
 from .modeling_var import VARForImageGeneration, VARGenerationOutput, VARModelOutput, VARSamplingState
 from .multiscale_vq import MultiScaleVQModel
 from .pipeline_var import VARPipeline, VARPipelineOutput
