@@ -12,8 +12,9 @@ Without --model it evaluates the tiny pretrained model shipped in recipes/models
 --dataset, on the toy's 100 held-out prompts (a 64 px one-word model has nothing to show on CVTG-2K); a model you name
 is evaluated on CVTG-2K unless you name a dataset.
 
-It samples one image per prompt with the paper's evaluation sampling (guidance 5, constant schedule, top-k 2, top-p
-0.9, temperature 1), reads each image with Tesseract and writes to `--output_dir`:
+It samples one image per prompt with the model's recommended sampling (its generation_config.json; without one, the
+paper's evaluation sampling: guidance 5, constant schedule, temperature 1, top-k 2, top-p 0.9; any option below
+overrides it), reads each image with Tesseract and writes to `--output_dir`:
 
     results.md / results.json   the table (also printed)
     samples.png                 the first samples, captioned with their word accuracy and prompt
@@ -38,6 +39,7 @@ from trl import TrlParser
 
 from trl_var.data import CVTG2K_REPO_ID, load_cvtg2k, load_prompt_dataset
 from trl_var.evaluation import evaluate_text_rendering, format_results_table, load_pipeline
+from trl_var.models import SAMPLING_ARGUMENTS
 
 
 logger = logging.getLogger(__name__)
@@ -102,13 +104,23 @@ class EvaluationArguments:
     batch_size: int = field(
         default=8, metadata={"help": "Images sampled per forward pass (part of the seeding: changes the images)."}
     )
-    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance (paper: 5)."})
-    guidance_schedule: Literal["constant", "linear"] = field(
-        default="constant", metadata={"help": "constant, or linear from 1 at the first scale (VAR)."}
+    # Sampling: each option not given is the model's (its generation_config.json; without one, the paper's).
+    guidance_scale: float | None = field(
+        default=None, metadata={"help": "Classifier-free guidance. Default: the model's (paper: 5)."}
     )
-    top_k: int = field(default=2, metadata={"help": "Top-k filtering (paper: 2; 0: off)."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus filtering (paper: 0.9; 1.0: off)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    guidance_schedule: Literal["constant", "linear"] | None = field(
+        default=None,
+        metadata={"help": "constant, or linear from 1 at the first scale (VAR). Default: the model's (constant)."},
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature. Default: the model's (1)."}
+    )
+    top_k: int | None = field(
+        default=None, metadata={"help": "Top-k filtering (0: off). Default: the model's (paper: 2)."}
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": "Nucleus filtering (1.0: off). Default: the model's (paper: 0.9)."}
+    )
     clip_model: str | None = field(
         default=None,
         metadata={
@@ -177,15 +189,11 @@ def main(args: EvaluationArguments) -> dict:
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
-        guidance_scale=args.guidance_scale,
-        guidance_schedule=args.guidance_schedule,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
         ocr_psm=args.ocr_psm if args.ocr_psm is not None else DEFAULT_OCR_PSM[dataset_format],
         ocr_upscale=args.ocr_upscale,
         clip_model=args.clip_model,
         num_grid_images=args.num_grid_images,
+        **{name: getattr(args, name) for name in SAMPLING_ARGUMENTS},  # None: the model's generation_config
     )
     print(format_results_table(results))
     print(f"\nResults in {args.output_dir} (results.md, results.json, samples.png, samples.jsonl).")

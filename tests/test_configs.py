@@ -34,3 +34,16 @@ def test_accelerate_configs_are_valid(name):
         config = yaml.safe_load(f)
     assert config["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED", "FSDP"}
     assert config["num_processes"] >= 1
+
+
+def test_training_passes_every_sampling_argument_of_generate(tmp_path):
+    import inspect
+
+    from trl_var import VARForImageGeneration
+    from trl_var.models import SAMPLING_ARGUMENTS
+
+    args = VARGRPOConfig(output_dir=str(tmp_path), top_k=0, eval_top_k=2)
+    assert tuple(args.sampling_kwargs()) == tuple(args.sampling_kwargs(evaluation=True)) == SAMPLING_ARGUMENTS
+    assert (args.sampling_kwargs()["top_k"], args.sampling_kwargs(evaluation=True)["top_k"]) == (0, 2)
+    # all of them are keyword arguments of `generate`, so the model's generation config never overrides training's
+    assert set(SAMPLING_ARGUMENTS) <= set(inspect.signature(VARForImageGeneration.generate).parameters)

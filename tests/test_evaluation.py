@@ -473,3 +473,61 @@ def test_recipe_defaults_pair_each_model_with_a_dataset_it_can_be_scored_on(tmp_
     assert resolve_dataset(EvaluationArguments(dataset="data/cvtg2k.zip")) == ("data/cvtg2k.zip", "cvtg2k")
     with pytest.raises(ValueError, match=r"`--dataset_format prompts` needs `--dataset`"):
         resolve_dataset(EvaluationArguments(model="your-org/var-7b", dataset_format="prompts"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The two evaluation paths share their seeding, OCR and sampling settings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_block_is_seeded_by_the_seed_and_its_place_alone():
+    from trl_var.evaluation import block_generator
+
+    draw = torch.rand(4, generator=block_generator(7, 2, "cpu"))
+    assert torch.equal(draw, torch.rand(4, generator=torch.Generator().manual_seed(7 * 1_000_003 + 2)))
+    assert not torch.equal(draw, torch.rand(4, generator=block_generator(7, 3, "cpu")))
+    assert not torch.equal(draw, torch.rand(4, generator=block_generator(8, 2, "cpu")))
+
+
+def test_an_image_tesseract_does_not_read_in_time_counts_as_read_empty(monkeypatch, caplog):
+    from trl_var import evaluation
+
+    seen = []
+
+    def never_done(image, **kwargs):
+        seen.append((kwargs["upscale"], kwargs["psm"], kwargs["timeout"]))
+        raise TimeoutError
+
+    monkeypatch.setattr(evaluation, "read_text", never_done)
+    with caplog.at_level(logging.WARNING, logger="trl_var.evaluation"):
+        assert evaluation.read_words(PIL.Image.new("RGB", (8, 8)), psm=11, upscale=2, timeout=5) == []
+        assert evaluation.read_images([PIL.Image.new("RGB", (8, 8))], psm=7, timeout=3) == [""]
+    assert seen == [(2, 11, 5), (None, 7, 3)]
+    assert "did not read an image within 5 s: counted as read empty" in caplog.text
+
+
+def test_both_evaluation_paths_draw_the_same_images_and_read_them_with_a_timeout(tmp_path, tiny_pipeline, monkeypatch):
+    from datasets import Dataset
+
+    from trl_var import evaluation
+    from trl_var.models import SAMPLING_ARGUMENTS
+
+    timeouts = []
+    monkeypatch.setattr(evaluation, "read_text", lambda image, **kwargs: timeouts.append(kwargs["timeout"]) or [])
+    prompts = ['the word "AB"', 'the word "CD"', 'the word "EF"']
+    dataset = Dataset.from_dict({"prompt": prompts, "targets": [["AB"], ["CD"], ["EF"]], "num_regions": [1, 1, 1]})
+    settings = {"batch_size": 2, "seed": 3, "ocr_timeout": 7, "top_k": 0}
+    results = evaluate_text_rendering(tiny_pipeline, dataset, tmp_path, num_grid_images=0, **settings)
+    assert timeouts == [7, 7, 7]
+    # the settings not given are the model's generation config, and are recorded
+    assert {name: results["config"][name] for name in SAMPLING_ARGUMENTS} == {
+        "guidance_scale": 5.0,
+        "guidance_schedule": "constant",
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 0.9,
+    }
+    scored = evaluation.score_prompts(tiny_pipeline, prompts, [["AB"], ["CD"], ["EF"]], **settings)
+    for row, image in enumerate(scored["images"]):
+        with PIL.Image.open(tmp_path / "images" / f"{row:06d}.png") as saved:
+            assert saved.convert("RGB").tobytes() == image.tobytes()

@@ -1,9 +1,21 @@
+import ast
+import inspect
+import json
+import os
+
 import pytest
 import torch
 from conftest import tiny_var_config
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationConfig
 
-from trl_var import VARConfig, VARForImageGeneration, nextflow_7b_config
+from trl_var import MultiScaleVQModel, VARConfig, VARForImageGeneration, VARPipeline, nextflow_7b_config
+from trl_var.models import configuration_var
+from trl_var.models.configuration_var import VQ_CONFIG_DEFAULTS
+from trl_var.models.modeling_var import SAMPLING_ARGUMENTS, guidance_at, sampling_settings
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_MODEL = os.path.join(ROOT, "recipes", "models", "var-tiny-text-render")
 
 
 def _prompts(tokenizer, texts=("a red square", 'the word "CAT"', "x")):
@@ -77,7 +89,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model, char_token
 
 def test_top_k_one_is_greedy(tiny_model, char_tokenizer):
     input_ids, attention_mask = _prompts(char_tokenizer)
-    out = tiny_model.generate(input_ids, attention_mask, top_k=1)
+    out = tiny_model.generate(input_ids, attention_mask, guidance_scale=1.0, top_k=1)  # greedy on the prompt's logits
     logits = tiny_model(input_ids, out.image_ids, attention_mask).logits
     assert torch.equal(out.image_ids, logits.argmax(-1))
 
@@ -171,3 +183,123 @@ def test_nextflow_7b_preset_builds_on_the_meta_device():
         model = VARForImageGeneration(config)
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 7.0e9 < num_params < 8.0e9  # Qwen2.5-7B backbone (7.07B) + image embeddings and head
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sampling settings: one home, the generation config
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_generation_config_holds_the_papers_evaluation_sampling(tiny_model):
+    config = tiny_model.generation_config
+    assert {name: getattr(config, name) for name in SAMPLING_ARGUMENTS} == {
+        "guidance_scale": 5.0,
+        "guidance_schedule": "constant",
+        "temperature": 1.0,
+        "top_k": 2,
+        "top_p": 0.9,
+    }
+    text_config = tiny_model.config.text_config  # TRL reads and writes the pad and eos ids here
+    assert (config.pad_token_id, config.eos_token_id) == (text_config.pad_token_id, text_config.eos_token_id)
+
+
+def test_generate_takes_every_setting_not_given_from_the_generation_config(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    explicit = {"guidance_scale": 3.0, "guidance_schedule": "linear", "temperature": 0.7, "top_k": 4, "top_p": 0.8}
+    expected = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0), **explicit)
+    tiny_model.generation_config.update(**explicit)
+    defaults = tiny_model.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(defaults.image_ids, expected.image_ids) and torch.equal(defaults.logprobs, expected.logprobs)
+    # an argument given wins over the generation config
+    plain = tiny_model.generate(input_ids, attention_mask, guidance_scale=1.0, top_k=1)
+    assert not plain.state.guided
+
+
+def test_sampling_settings_fill_in_the_generation_config_and_name_a_wrong_argument():
+    config = GenerationConfig(guidance_scale=5.0, guidance_schedule="constant", temperature=1.0, top_k=2, top_p=0.9)
+    assert sampling_settings(config, top_k=0, top_p=None) == {
+        "guidance_scale": 5.0,
+        "guidance_schedule": "constant",
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 0.9,
+    }
+    with pytest.raises(TypeError, match=r"Unknown sampling argument\(s\) \['top_n'\]"):
+        sampling_settings(config, top_n=3)
+    with pytest.raises(ValueError, match="`guidance_schedule` must be one of"):
+        sampling_settings(config, guidance_schedule="cosine")
+    with pytest.raises(ValueError, match="`temperature` must be > 0"):
+        sampling_settings(config, temperature=0.0)
+    with pytest.raises(ValueError, match=r"No `guidance_scale`.*model.generation_config.guidance_scale"):
+        sampling_settings(GenerationConfig(), temperature=1.0)
+
+
+def test_linear_guidance_ramps_from_one_at_the_first_scale_to_the_scale_at_the_last():
+    assert [guidance_at(t, 5, 3.0, "linear") for t in range(5)] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert [guidance_at(t, 5, 3.0, "constant") for t in range(5)] == [3.0] * 5
+    assert guidance_at(0, 1, 3.0, "linear") == 1.0  # a single scale: no division by zero
+
+
+def test_generation_config_is_saved_and_restored_with_the_model(tiny_model, tmp_path):
+    tiny_model.generation_config.update(guidance_scale=3.0, guidance_schedule="linear", top_k=5)
+    tiny_model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert (saved["guidance_scale"], saved["guidance_schedule"], saved["top_k"], saved["top_p"]) == (
+        3.0,
+        "linear",
+        5,
+        0.9,
+    )
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert (loaded.generation_config.guidance_schedule, loaded.generation_config.top_k) == ("linear", 5)
+    # a checkpoint saved without generation_config.json samples with the defaults
+    (tmp_path / "generation_config.json").unlink()
+    assert AutoModel.from_pretrained(tmp_path).generation_config.guidance_scale == 5.0
+
+
+def test_shipped_tiny_model_loads_and_samples_as_it_always_has():
+    model = AutoModel.from_pretrained(SHIPPED_MODEL).eval()
+    assert model.generation_config.guidance_scale == 5.0 and model.generation_config.top_k == 2
+    pipe = VARPipeline(model, AutoTokenizer.from_pretrained(SHIPPED_MODEL, padding_side="left"))
+    image_ids = pipe(['the word "ACE"', 'the word "CAT"'], generator=torch.Generator().manual_seed(0)).image_ids
+    # the first three scales (1 + 4 + 9 tokens), sampled before the sampling settings moved to the generation config
+    assert image_ids[:, :14].tolist() == [
+        [106, 138, 254, 475, 451, 453, 453, 69, 370, 44, 386, 85, 479, 506],
+        [163, 451, 451, 16, 85, 337, 384, 345, 478, 345, 461, 475, 451, 432],
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_vq_config_defaults_are_the_tokenizers_own():
+    signature = inspect.signature(MultiScaleVQModel.__init__).parameters
+    defaults = {name: parameter.default for name, parameter in signature.items() if name != "self"}
+
+    def to_lists(value):
+        return [to_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    assert VQ_CONFIG_DEFAULTS == {name: to_lists(value) for name, value in defaults.items()}
+    assert VARConfig().vq_config == VQ_CONFIG_DEFAULTS
+
+
+def test_configuration_imports_only_config_utilities():
+    tree = ast.parse(inspect.getsource(configuration_var))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported == {"collections.abc", "transformers", "transformers.models.auto"}
+
+
+def test_unknown_vq_config_key_and_an_indivisible_image_size_are_clear_errors():
+    with pytest.raises(ValueError, match=r"`vq_config` has unknown keys \['codebook_dim'\]"):
+        VARConfig(vq_config={"codebook_dim": 8})
+    with pytest.raises(ValueError, match="sample_size=30 is not divisible by the downsampling factor 8"):
+        VARConfig(vq_config={"sample_size": 30})
+
+
+def test_shipped_config_loads_with_every_tokenizer_setting():
+    config = AutoConfig.from_pretrained(SHIPPED_MODEL)
+    assert config.vq_config["codebook_size"] == 512 and config.scale_schedule[-1] == (8, 8)
+    assert set(config.vq_config) == set(VQ_CONFIG_DEFAULTS)

@@ -34,6 +34,26 @@ def test_pipeline_save_and_load_round_trip(tiny_model, char_tokenizer, tmp_path)
     assert torch.equal(loaded("a cat", generator=torch.Generator().manual_seed(1)).image_ids, first)
 
 
+def test_pipeline_samples_with_the_generation_config_unless_a_call_overrides_it(tiny_model, char_tokenizer, tmp_path):
+    pipe = VARPipeline(tiny_model, char_tokenizer)
+    ids = char_tokenizer(["a cat"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    paper = tiny_model.generate(ids, generator=torch.Generator().manual_seed(0)).image_ids
+    assert torch.equal(pipe("a cat", generator=torch.Generator().manual_seed(0)).image_ids, paper)
+    # a setting of the call wins; the saved generation config travels with the pipeline
+    guided = {"guidance_scale": 2.0, "top_k": 0}
+    expected = tiny_model.generate(ids, generator=torch.Generator().manual_seed(0), **guided).image_ids
+    assert torch.equal(pipe("a cat", generator=torch.Generator().manual_seed(0), **guided).image_ids, expected)
+    tiny_model.generation_config.update(**guided)
+    pipe.save_pretrained(tmp_path)
+    loaded = VARPipeline.from_pretrained(tmp_path)
+    assert torch.equal(loaded("a cat", generator=torch.Generator().manual_seed(0)).image_ids, expected)
+
+
+def test_pipeline_names_a_wrong_sampling_argument(tiny_model, char_tokenizer):
+    with pytest.raises(TypeError, match=r"Unknown sampling argument\(s\) \['guidance'\]"):
+        VARPipeline(tiny_model, char_tokenizer)("a cat", guidance=3.0)
+
+
 def test_pipeline_rejects_an_empty_prompt(tiny_model, char_tokenizer):
     with pytest.raises(ValueError, match=r"`prompt\[1\]` is empty"):
         VARPipeline(tiny_model, char_tokenizer)(["a cat", " "])

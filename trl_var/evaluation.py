@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .data.cvtg import _looks_like_local_path
 from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, functional, score_words
-from .models import VARPipeline
+from .models import VARPipeline, sampling_settings
 from .rewards.ocr import OCRWord, check_tesseract, read_text
 from .utils import markdown_table
 from .visualization import make_image_grid
@@ -108,40 +108,28 @@ def score_prompts(
     *,
     batch_size: int = 50,
     seed: int = 0,
-    guidance_scale: float = 5.0,
-    guidance_schedule: str = "constant",
-    top_k: int = 2,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
     ocr_psm: int = 7,
     ocr_timeout: float = 60,
     num_workers: int | None = None,
+    **sampling,
 ) -> dict[str, Any]:
     """
     In-memory Word Accuracy and NED of one sample per prompt: the quick evaluation of training loops and benchmarks
     (pretraining's progress, `make train`'s before/after, the ablation), with nothing written to disk.
 
-    Images are sampled in blocks of `batch_size` rows, block `k` seeded with `(seed, k)`, so the same model, prompts
-    and seed give the same images. Sampling arguments as in [`evaluate_text_rendering`] (a [`VARGRPOConfig`]'s
-    `sampling_kwargs(evaluation=True)` gives them); `ocr_psm` defaults to 7 (one text line), the right mode for
-    single-word renders; an image Tesseract has not read within `ocr_timeout` seconds counts as read empty.
+    Images are sampled in blocks of `batch_size` rows, block `k` with the generator [`block_generator`]`(seed, k)`,
+    so the same model, prompts and seed give the same images. `sampling` is forwarded to the pipeline (settings not
+    given are the model's `generation_config`; a [`VARGRPOConfig`]'s `sampling_kwargs(evaluation=True)` gives all of
+    them). `ocr_psm` defaults to 7 (one text line), the right mode for single-word renders; an image Tesseract has not
+    read within `ocr_timeout` seconds counts as read empty.
 
     Returns:
         `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image) and `images`.
     """
     images = []
-    device = pipeline.model.device
     for block, start in enumerate(range(0, len(prompts), batch_size)):
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
-        images += pipeline(
-            prompts[start : start + batch_size],
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            generator=generator,
-        ).images
+        generator = block_generator(seed, block, pipeline.device)
+        images += pipeline(prompts[start : start + batch_size], generator=generator, **sampling).images
     predictions = read_images(images, psm=ocr_psm, timeout=ocr_timeout, num_workers=num_workers)
     return {
         "word_accuracy": functional.word_accuracy(predictions, targets),
@@ -151,21 +139,37 @@ def score_prompts(
     }
 
 
+def block_generator(seed: int, block: int, device: str | torch.device) -> torch.Generator:
+    """
+    The random generator of block `block` of an evaluation, seeded by `seed * 1_000_003 + block` (distinct for every
+    `(seed, block)` with `block < 1_000_003`): a block's images depend on the seed and its place only, not on what
+    was sampled before it, so a resumed evaluation redraws an interrupted block exactly.
+    """
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
+
+
+def read_words(image: PIL.Image.Image, *, psm: int, upscale: int | None = None, timeout: float = 60) -> list[OCRWord]:
+    """
+    Tesseract's words in `image` ([`~trl_var.rewards.ocr.read_text`]); an image not read within `timeout` seconds
+    counts as read empty, with a warning, rather than hanging the evaluation (`0`: wait forever).
+    """
+    try:
+        return read_text(image, upscale=upscale, psm=psm, timeout=timeout)
+    except TimeoutError:
+        logger.warning(f"Tesseract did not read an image within {timeout} s: counted as read empty.")
+        return []
+
+
 def read_images(
     images: list[PIL.Image.Image], *, psm: int = 7, timeout: float = 60, num_workers: int | None = None
 ) -> list[str]:
     """
-    Tesseract's read of every image (its words joined by single spaces), one tesseract process per image, `num_workers`
-    (default: `os.cpu_count()`) at a time. An image Tesseract has not read after `timeout` seconds is counted as read
-    empty, with a warning, rather than hanging the caller (`0`: wait forever).
+    Tesseract's read of every image (its words joined by single spaces, see [`read_words`]), one tesseract process
+    per image, `num_workers` (default: `os.cpu_count()`) at a time.
     """
 
     def read(image: PIL.Image.Image) -> str:
-        try:
-            return " ".join(word.text for word in read_text(image, psm=psm, timeout=timeout))
-        except TimeoutError:
-            logger.warning(f"Tesseract did not read an image within {timeout} s: counted as read empty.")
-            return ""
+        return " ".join(word.text for word in read_words(image, psm=psm, timeout=timeout))
 
     with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
         return list(pool.map(read, images))
@@ -179,25 +183,23 @@ def evaluate_text_rendering(
     num_samples: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
-    guidance_scale: float = 5.0,
-    guidance_schedule: str = "constant",
-    top_k: int = 2,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
     ocr_psm: int = 11,
     ocr_upscale: int | None = None,
+    ocr_timeout: float = 60,
     clip_model: str | None = None,
     num_grid_images: int = 16,
     num_workers: int | None = None,
+    **sampling,
 ) -> dict[str, Any]:
     """
     Samples one image per prompt, reads it with Tesseract and scores it; writes `samples.jsonl`, `images/`,
     `results.json`, `results.md` and `samples.png` (a grid of the first samples with their word accuracy) to
     `output_dir`. Resumes from `samples.jsonl` when `output_dir` holds an earlier run with the same settings.
 
-    Images are sampled in fixed blocks of `batch_size` rows, block `k` with the seed `(seed, k)`, so a resumed run
-    draws the same images as an uninterrupted one (a block interrupted halfway is sampled again in full). OCR runs in
-    a thread pool (one tesseract process per image) while the next block is sampled.
+    Images are sampled in fixed blocks of `batch_size` rows, block `k` with the generator
+    [`block_generator`]`(seed, k)`, as [`score_prompts`] samples, so a resumed run draws the same images as an
+    uninterrupted one (a block interrupted halfway is sampled again in full). OCR runs in a thread pool (one tesseract
+    process per image) while the next block is sampled.
 
     Args:
         pipeline ([`VARPipeline`]):
@@ -213,14 +215,14 @@ def evaluate_text_rendering(
             Images sampled per forward pass. Part of the seeding: change it and the images change.
         seed (`int`, *optional*, defaults to 0):
             Seed of the subset and of the sampling.
-        guidance_scale, guidance_schedule, top_k, top_p, temperature:
-            Sampling, see [`VARPipeline.__call__`]. The defaults are the paper's evaluation: 5, constant, 2, 0.9, 1.0.
         ocr_psm (`int`, *optional*, defaults to 11):
             Tesseract page segmentation mode: 11 (sparse text) finds the scattered text regions of CVTG-2K images; 7
             (one text line) suits images of a single word.
         ocr_upscale (`int`, *optional*):
             Upscaling before OCR. Default: enough to bring the short side to about 256 px (4x for 64 px images, which
             Tesseract reads best at 4x, none for 1024 px images).
+        ocr_timeout (`float`, *optional*, defaults to 60):
+            Seconds after which an image Tesseract has not read counts as read empty (`0`: wait forever).
         clip_model (`str`, *optional*):
             `CLIPModel` folder or Hub id for CLIPScore (the benchmark's is `openai/clip-vit-large-patch14`). If `None`,
             CLIPScore is skipped and its column left empty.
@@ -228,6 +230,11 @@ def evaluate_text_rendering(
             Samples shown in `samples.png` (0: no grid).
         num_workers (`int`, *optional*):
             Tesseract processes run at once. Defaults to `os.cpu_count()`.
+        **sampling:
+            `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`, as [`VARPipeline.__call__`]
+            takes them; the ones not given are the model's `generation_config` (by default the paper's evaluation
+            decoding: guidance 5, constant schedule, temperature 1, top-k 2, top-p 0.9). The settings used are
+            recorded in `evaluation_config.json`.
 
     Returns:
         `dict`: The content of `results.json`: `rows` maps each number of regions (as a string) and `"average"` to
@@ -250,11 +257,7 @@ def evaluate_text_rendering(
         "num_samples": len(rows),
         "batch_size": batch_size,
         "seed": seed,
-        "guidance_scale": guidance_scale,
-        "guidance_schedule": guidance_schedule,
-        "top_k": top_k,
-        "top_p": top_p,
-        "temperature": temperature,
+        **sampling_settings(pipeline.model.generation_config, **sampling),
         "ocr_psm": ocr_psm,
         "ocr_upscale": ocr_upscale,
         "clip_model": clip_model,
@@ -278,22 +281,22 @@ def evaluate_text_rendering(
             todo = [row for row in block if row not in records]
             if not todo:
                 continue
-            images = _sample_block(
-                pipeline,
+            images = pipeline(
                 [prompts[row] for row in block],
-                seed=(seed, block_number),
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                top_k=top_k,
-                top_p=top_p,
-                temperature=temperature,
-            )
+                generator=block_generator(seed, block_number, pipeline.device),
+                batch_size=len(block),
+                **sampling,
+            ).images
             images = {row: image for row, image in zip(block, images, strict=True) if row in todo}
             paths = {row: os.path.join(IMAGES_DIR, f"{row:06d}.png") for row in todo}
             for row in todo:
                 images[row].save(os.path.join(output_dir, paths[row]))
-            upscale = ocr_upscale or max(1, round(256 / min(images[todo[0]].size)))
-            reads = {row: pool.submit(read_text, images[row], upscale=upscale, psm=ocr_psm) for row in todo}
+            reads = {
+                row: pool.submit(
+                    read_words, images[row], psm=ocr_psm, upscale=ocr_upscale or None, timeout=ocr_timeout
+                )
+                for row in todo
+            }
             clip_scores = dict.fromkeys(todo)
             if clip_metric is not None:
                 scores = clip_metric.compute(
@@ -331,15 +334,6 @@ def evaluate_text_rendering(
 def _open_image(path: str) -> PIL.Image.Image:
     with PIL.Image.open(path) as image:
         return image.convert("RGB")
-
-
-def _sample_block(
-    pipeline: VARPipeline, prompts: list[str], seed: tuple[int, int], **sampling
-) -> list[PIL.Image.Image]:
-    # One generator per block, seeded by (seed, block number): the images of a block do not depend on what ran before.
-    block_seed = int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
-    generator = torch.Generator(device=pipeline.device).manual_seed(block_seed)
-    return pipeline(prompts, generator=generator, batch_size=len(prompts), **sampling).images
 
 
 def _write_records(

@@ -15,6 +15,10 @@ The output at scale t's positions predicts the tokens of scale t.
 Two forward paths that agree to float tolerance:
 - `forward` / `image_token_logprobs`: teacher forcing, one pass over prompt + all scales;
 - `generate`: sampling scale by scale with a KV cache, classifier-free guidance, temperature, top-k and top-p.
+
+The sampling settings (`SAMPLING_ARGUMENTS`) have one home: `model.generation_config`, saved with the model as
+generation_config.json, which `generate` reads for every setting not given; the pipeline, the evaluation and the
+trainer forward them as `**sampling`.
 """
 
 from dataclasses import dataclass
@@ -28,6 +32,50 @@ from transformers.utils import ModelOutput
 
 from .configuration_var import VARConfig
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
+
+
+# The settings of `generate` that shape the sampling distribution, in the order every layer lists them.
+SAMPLING_ARGUMENTS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p")
+GUIDANCE_SCHEDULES = ("constant", "linear")
+
+
+def sampling_settings(generation_config: GenerationConfig, **given) -> dict:
+    """
+    The sampling settings of a `generate` call: every one of `SAMPLING_ARGUMENTS` given and not `None`, else the
+    value of `generation_config` (the checkpoint's recommended decoding). `top_k` may stay `None` (no top-k).
+    Evaluation records this dict, so that its results say how the images were sampled.
+    """
+    unknown = sorted(set(given) - set(SAMPLING_ARGUMENTS))
+    if unknown:
+        raise TypeError(
+            f"Unknown sampling argument(s) {unknown}; the sampling arguments are {list(SAMPLING_ARGUMENTS)}."
+        )
+    settings = {}
+    for name in SAMPLING_ARGUMENTS:
+        value = given.get(name)
+        settings[name] = getattr(generation_config, name, None) if value is None else value
+        if settings[name] is None and name != "top_k":
+            raise ValueError(
+                f"No `{name}` to sample with: pass `{name}=...`, or set `model.generation_config.{name}`."
+            )
+    if settings["guidance_schedule"] not in GUIDANCE_SCHEDULES:
+        raise ValueError(
+            f"`guidance_schedule` must be one of {list(GUIDANCE_SCHEDULES)}, got {settings['guidance_schedule']!r}."
+        )
+    if settings["temperature"] <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {settings['temperature']}.")
+    return settings
+
+
+def guidance_at(scale_index: int, num_scales: int, guidance_scale: float, guidance_schedule: str) -> float:
+    """
+    The guidance scale `s_t` of scale `t` of `T`: `s` at every scale (`"constant"`), or
+    `s_t = 1 + (s - 1) * t / (T - 1)` (`"linear"`, VAR's schedule: the coarse scales, which fix the layout, stay
+    diverse, and the fine scales follow the prompt).
+    """
+    if guidance_schedule == "linear":
+        return 1.0 + (guidance_scale - 1.0) * scale_index / max(num_scales - 1, 1)
+    return guidance_scale
 
 
 @dataclass
@@ -152,11 +200,42 @@ class VARForImageGeneration(VARPreTrainedModel):
         self.register_buffer("image_col_index", cols, persistent=False)
 
         self._no_split_modules = self.model._no_split_modules
-        # TRL reads and writes the pad and eos ids here. Sampling is `generate` below, not `GenerationMixin`.
+        # The recommended sampling, which `generate` falls back to: VAR's and the paper's evaluation decoding. A
+        # checkpoint's generation_config.json overrides it (`adjust_generation_fn`). TRL reads and writes the pad and
+        # eos ids here. `do_sample` only keeps transformers' validation from refusing to save top-k / top-p.
         self.generation_config = GenerationConfig(
-            pad_token_id=config.text_config.pad_token_id, eos_token_id=config.text_config.eos_token_id
+            do_sample=True,
+            guidance_scale=5.0,
+            guidance_schedule="constant",
+            temperature=1.0,
+            top_k=2,
+            top_p=0.9,
+            pad_token_id=config.text_config.pad_token_id,
+            eos_token_id=config.text_config.eos_token_id,
         )
         self.post_init()
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        # Sampling is `generate` below, not `GenerationMixin`'s; saying True makes `save_pretrained` write
+        # `generation_config` to generation_config.json and `from_pretrained` call `adjust_generation_fn`.
+        return True
+
+    def adjust_generation_fn(
+        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **download_kwargs
+    ):
+        """
+        `from_pretrained`'s hook: the settings of the checkpoint's generation_config.json (or of the
+        `generation_config` passed to `from_pretrained`) override the defaults of `__init__`; a checkpoint saved
+        without one samples with those defaults.
+        """
+        if generation_config is None:
+            download_kwargs.pop("trust_remote_code", None)
+            try:
+                generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **download_kwargs)
+            except OSError:
+                return
+        self.generation_config.update(allow_custom_entries=True, **generation_config.to_diff_dict())
 
     # ------------------------------------------------------------------ layout helpers
 
@@ -319,35 +398,37 @@ class VARForImageGeneration(VARPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
-        temperature: float = 1.0,
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
         num_scales: int | None = None,
         state: VARSamplingState | None = None,
     ) -> VARGenerationOutput:
         r"""
-        Sample image tokens scale by scale with a KV cache.
+        Sample image tokens scale by scale with a KV cache. Every sampling argument not given (`None`) takes the value
+        of `self.generation_config`, the checkpoint's recommended decoding (by default VAR's and the paper's: guidance
+        5, constant schedule, temperature 1, top-k 2, top-p 0.9).
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`):
                 Prompt tokens, left-padded. Not needed when continuing from `state`.
             attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
                 1 for prompt tokens, 0 for padding.
-            guidance_scale (`float`, *optional*, defaults to 1.0):
+            guidance_scale (`float`, *optional*):
                 Classifier-free guidance `s`: sampling logits are `uncond + s * (cond - uncond)`, the unconditional
                 branch reading an empty prompt. 1.0 disables guidance (and the unconditional branch).
-            guidance_schedule (`str`, *optional*, defaults to `"constant"`):
+            guidance_schedule (`str`, *optional*):
                 `"constant"` uses `guidance_scale` at every scale; `"linear"` ramps it from 1 at the first scale to
-                `guidance_scale` at the last, as VAR does (coarse scales stay diverse, fine scales follow the prompt).
-            temperature (`float`, *optional*, defaults to 1.0):
+                `guidance_scale` at the last, as VAR does (see [`guidance_at`]).
+            temperature (`float`, *optional*):
                 Divides the logits, for sampling and for the returned log-probs.
             top_k (`int`, *optional*):
-                Keep the `top_k` most likely tokens of every position (0 or `None`: all).
-            top_p (`float`, *optional*, defaults to 1.0):
-                Nucleus sampling: keep the smallest set of tokens whose probability exceeds `top_p`.
+                Keep the `top_k` most likely tokens of every position (0: all).
+            top_p (`float`, *optional*):
+                Nucleus sampling: keep the smallest set of tokens whose probability exceeds `top_p` (1.0: all).
             generator (`torch.Generator`, *optional*):
                 Source of randomness, for reproducible samples.
             num_scales (`int`, *optional*):
@@ -360,69 +441,52 @@ class VARForImageGeneration(VARPreTrainedModel):
             [`VARGenerationOutput`] with the tokens and log-probs of the scales generated so far (including those of
             `state`) and the state to continue from.
         """
-        if guidance_schedule not in ("constant", "linear"):
-            raise ValueError(f"`guidance_schedule` must be 'constant' or 'linear', got {guidance_schedule!r}.")
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+        # 1. The sampling settings: the arguments given, else the generation config's.
+        sampling = sampling_settings(
+            self.generation_config,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        guided = sampling["guidance_scale"] != 1.0
         num_total = len(self.scale_schedule)
         num_scales = num_total if num_scales is None else num_scales
         if not 1 <= num_scales <= num_total:
             raise ValueError(f"`num_scales` must be in [1, {num_total}], got {num_scales}.")
 
+        # 2. Start from the prompt (an empty cache), or continue a state.
         if state is None:
             if input_ids is None:
                 raise ValueError("`generate` needs `input_ids` (the prompt) or a `state` to continue from.")
-            state = self._start_sampling(input_ids, attention_mask, guided=guidance_scale != 1.0)
-        elif state.guided != (guidance_scale != 1.0):
+            state = self._start_sampling(input_ids, attention_mask, guided=guided)
+        elif state.guided != guided:
             raise ValueError("Continue a sampling `state` with the guidance it was started with.")
 
-        text_embeds = None
-        if state.next_scale == 0:
-            text_embeds = self.model.get_input_embeddings()(input_ids)
-            if state.guided:
-                text_embeds = torch.cat([text_embeds, text_embeds])
+        # 3. One forward pass per scale; the first one also prefills the prompt.
         batch_size = state.f_hat.shape[0]
-        offsets = [0, *torch.tensor(self.scale_token_counts).cumsum(0).tolist()]
-        num_text = state.text_mask.shape[1]
-
         for t in range(state.next_scale, num_scales):
-            start, end = offsets[t], offsets[t + 1]
-            if t == 0:
-                features = state.f_hat.new_zeros(batch_size, end - start, state.f_hat.shape[1])
-            else:
-                features = self.vqmodel.quantizer.next_scale_input(state.f_hat, t - 1)
-            embeds = self.image_embed(features.to(self.image_embed.weight.dtype)) + self._position_embeds(start, end)
-            if state.guided:
-                embeds = torch.cat([embeds, embeds])
-            scale_blocks = torch.full((end - start,), num_text + t, device=embeds.device)
-            positions = self._image_positions(state.text_mask, self.image_scale_index[start:end])
-            if text_embeds is not None:  # first scale: prefill the prompt in the same pass
-                embeds = torch.cat([text_embeds, embeds.to(text_embeds.dtype)], 1)
-                query_blocks = torch.cat([torch.arange(num_text, device=embeds.device), scale_blocks])
-                positions = torch.cat([self._text_positions(state.text_mask), positions], 1)
-                text_embeds = None
-                key_blocks = torch.cat([query_blocks[:num_text], num_text + self.image_scale_index[:end]])
-                mask = self._attention_mask(state.text_mask, query_blocks, key_blocks, embeds.dtype)
-            else:
-                # Every cached key precedes scale t: only padding is masked, one row broadcast over the queries.
-                mask = embeds.new_zeros(embeds.shape[0], 1, 1, num_text + end)
-                mask[:, 0, 0, :num_text].masked_fill_(~state.text_mask.bool(), torch.finfo(embeds.dtype).min)
-            hidden = self._backbone(embeds, mask, positions, cache=state.cache)[:, -(end - start) :]
+            # 3a. Logits of scale t's positions: rows [0, B) read the prompt, rows [B, 2B) (guided) the empty prompt.
+            embeds, mask, positions = self._scale_inputs(state, t, input_ids)
+            hidden = self._backbone(embeds, mask, positions, cache=state.cache)[:, -self.scale_token_counts[t] :]
             logits = self.image_head(hidden).float()
 
+            # 3b. Classifier-free guidance.
             cond_logits = logits[:batch_size]
             if state.guided:
-                scale = guidance_scale
-                if guidance_schedule == "linear":
-                    scale = 1.0 + (guidance_scale - 1.0) * t / max(num_total - 1, 1)
+                scale = guidance_at(t, num_total, sampling["guidance_scale"], sampling["guidance_schedule"])
                 sample_logits = logits[batch_size:] + scale * (cond_logits - logits[batch_size:])
             else:
                 sample_logits = cond_logits
-            ids = _sample(sample_logits / temperature, top_k, top_p, generator)
-            # log-prob of the conditional policy, without materializing a second full log-softmax
-            cond_logits = cond_logits / temperature
+
+            # 3c. Sample from the guided, filtered distribution; score under the conditional, unfiltered one (the
+            # policy that training optimizes), without materializing a second full log-softmax.
+            ids = _sample(sample_logits / sampling["temperature"], sampling["top_k"], sampling["top_p"], generator)
+            cond_logits = cond_logits / sampling["temperature"]
             logprobs = cond_logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - cond_logits.logsumexp(-1)
 
+            # 3d. Add the scale to the accumulated feature map, the next scale's input.
             h, w = self.scale_schedule[t]
             state.f_hat = self.vqmodel.quantizer.add_scale(state.f_hat, ids.reshape(batch_size, h, w), t)
             state.image_ids.append(ids)
@@ -431,6 +495,43 @@ class VARForImageGeneration(VARPreTrainedModel):
         return VARGenerationOutput(
             image_ids=torch.cat(state.image_ids, 1), logprobs=torch.cat(state.logprobs, 1), state=state
         )
+
+    def _scale_inputs(
+        self, state: VARSamplingState, t: int, input_ids: torch.LongTensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Embeddings, 4D attention mask and rotary positions of `generate`'s pass at scale `t`: scale `t`'s tokens, at
+        `t = 0` preceded by the prompt `input_ids` (the prefill). Rows are doubled with guidance.
+        """
+        start = sum(self.scale_token_counts[:t])
+        end = start + self.scale_token_counts[t]
+        batch_size, num_text = state.f_hat.shape[0], state.text_mask.shape[1]
+        if t == 0:  # the start block: position embeddings only
+            features = state.f_hat.new_zeros(batch_size, end - start, state.f_hat.shape[1])
+        else:  # VAR's input: the feature map decided so far, resized to scale t's grid
+            features = self.vqmodel.quantizer.next_scale_input(state.f_hat, t - 1)
+        embeds = self.image_embed(features.to(self.image_embed.weight.dtype)) + self._position_embeds(start, end)
+        if state.guided:  # the unconditional rows see the same image; only their text is masked out
+            embeds = torch.cat([embeds, embeds])
+        positions = self._image_positions(state.text_mask, self.image_scale_index[start:end])
+
+        if t > 0:
+            # Every cached key precedes scale t: only padding is masked, one row broadcast over the queries.
+            mask = embeds.new_zeros(embeds.shape[0], 1, 1, num_text + end)
+            mask[:, 0, 0, :num_text].masked_fill_(~state.text_mask.bool(), torch.finfo(embeds.dtype).min)
+            return embeds, mask, positions
+
+        # Prefill: the prompt and scale 0 in one pass, causal over the text, full inside the scale.
+        text_embeds = self.model.get_input_embeddings()(input_ids)
+        if state.guided:
+            text_embeds = torch.cat([text_embeds, text_embeds])
+        embeds = torch.cat([text_embeds, embeds.to(text_embeds.dtype)], 1)
+        blocks = torch.cat(
+            [torch.arange(num_text, device=embeds.device), torch.full((end,), num_text, device=embeds.device)]
+        )
+        mask = self._attention_mask(state.text_mask, blocks, blocks, embeds.dtype)
+        positions = torch.cat([self._text_positions(state.text_mask), positions], 1)
+        return embeds, mask, positions
 
     def _start_sampling(self, input_ids, attention_mask, guided: bool) -> VARSamplingState:
         if attention_mask is None:

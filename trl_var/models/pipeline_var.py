@@ -10,7 +10,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .modeling_var import VARForImageGeneration
+from .modeling_var import VARForImageGeneration, sampling_settings
 
 
 @dataclass
@@ -35,7 +35,8 @@ def images_to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 
 class VARPipeline:
     r"""
-    Text-to-image pipeline for next-scale prediction models.
+    Text-to-image pipeline for next-scale prediction models. It samples with the model's `generation_config`, the
+    checkpoint's recommended decoding, unless a call says otherwise.
 
     Args:
         model ([`VARForImageGeneration`]): the transformer, with its image tokenizer (`model.vqmodel`).
@@ -79,27 +80,24 @@ class VARPipeline:
         self,
         prompt: str | list[str],
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 5.0,
-        guidance_schedule: str = "constant",
-        temperature: float = 1.0,
-        top_k: int | None = 2,
-        top_p: float = 0.9,
         generator: torch.Generator | None = None,
         batch_size: int = 16,
         output_type: str = "pil",
+        **sampling,
     ) -> VARPipelineOutput:
         r"""
         Generate images for one prompt or a list of prompts.
 
-        The sampling defaults are those of VAR and of the paper's evaluation: guidance 5, top-k 2, top-p 0.9.
-
         Args:
             prompt (`str` or `list[str]`): what to draw.
             num_images_per_prompt (`int`, defaults to 1): images per prompt, consecutive in the output.
-            guidance_scale, guidance_schedule, temperature, top_k, top_p, generator:
-                see [`VARForImageGeneration.generate`].
+            generator (`torch.Generator`, *optional*): source of randomness, for reproducible images.
             batch_size (`int`, defaults to 16): images sampled per forward pass.
             output_type (`str`, defaults to `"pil"`): `"pil"` or `"pt"` (a tensor in [0, 1]).
+            **sampling: `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`, as
+                [`VARForImageGeneration.generate`] takes them; each one not given is the model's
+                `generation_config` (by default VAR's and the paper's evaluation decoding: guidance 5, top-k 2,
+                top-p 0.9).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         for i, text in enumerate(prompts):
@@ -108,6 +106,7 @@ class VARPipeline:
         if output_type not in ("pil", "pt"):
             raise ValueError(f"`output_type` must be 'pil' or 'pt', got {output_type!r}.")
         prompts = [text for text in prompts for _ in range(num_images_per_prompt)]
+        sampling = sampling_settings(self.model.generation_config, **sampling)  # a wrong name fails before sampling
 
         all_images, all_ids = [], []
         batches = range(0, len(prompts), batch_size)
@@ -115,16 +114,7 @@ class VARPipeline:
             inputs = self.tokenizer(
                 prompts[start : start + batch_size], padding=True, return_tensors="pt", add_special_tokens=False
             ).to(self.device)
-            out = self.model.generate(
-                inputs["input_ids"],
-                inputs["attention_mask"],
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                generator=generator,
-            )
+            out = self.model.generate(inputs["input_ids"], inputs["attention_mask"], generator=generator, **sampling)
             all_ids.append(out.image_ids)
             all_images.append(self.model.decode_image_tokens(out.image_ids))
         images, image_ids = torch.cat(all_images), torch.cat(all_ids)

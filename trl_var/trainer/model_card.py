@@ -17,6 +17,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import is_wandb_available
 from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
 
+from ..models import SAMPLING_ARGUMENTS
 from ..utils import markdown_table
 
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 # Always on the card, besides the trainer's `_tag_names`: the Hub lists the model under these.
 CARD_TAGS = ("trl", "trl-var", "var-grpo", "text-to-image")
-# `VARPipeline.__call__` arguments, so the card's settings can be passed to the pipeline as they are.
-DECODING_FIELDS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p")
 METHOD_FIELDS = (
     "vmr_prefix_scales",
     "vmr_num_continuations",
@@ -231,8 +230,9 @@ def generate_model_card(
     if isinstance(results, (str, os.PathLike)):
         results = load_results(results)
     eval_config = results["config"] if isinstance(results, Mapping) else {}
-    rollout_decoding = {name: getattr(args, name) for name in DECODING_FIELDS}
-    eval_decoding = {name: eval_config[name] for name in DECODING_FIELDS if name in eval_config}
+    # `VARPipeline.__call__` arguments, so the card's settings can be passed to the pipeline as they are.
+    rollout_decoding = args.sampling_kwargs()
+    eval_decoding = {name: eval_config[name] for name in SAMPLING_ARGUMENTS if name in eval_config}
     badges = [
         BADGES[name].format(url=url)
         for name, url in (("wandb", wandb_url), ("trackio", trackio_url), ("comet", comet_url))

@@ -3,6 +3,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig
 
+from ..models.modeling_var import SAMPLING_ARGUMENTS
+
 
 @dataclass
 class VARGRPOConfig(GRPOConfig):
@@ -265,19 +267,14 @@ class VARGRPOConfig(GRPOConfig):
 
     def sampling_kwargs(self, evaluation: bool = False) -> dict:
         """
-        The sampling arguments of the rollouts, as [`VARPipeline.__call__`] and the model's `generate` take them, or,
-        with `evaluation=True`, of evaluation: `eval_guidance_scale`, `eval_top_k` and `eval_top_p` override their
-        rollout counterparts where set.
+        The sampling arguments of the rollouts, all of `SAMPLING_ARGUMENTS`, as [`VARPipeline.__call__`] and the
+        model's `generate` take them, or, with `evaluation=True`, of evaluation: `eval_guidance_scale`, `eval_top_k`
+        and `eval_top_p` override their rollout counterparts where set. Training always passes all of them, so the
+        model's `generation_config` does not change what it samples.
 
         Example: `score_prompts(pipeline, prompts, targets, **args.sampling_kwargs(evaluation=True))`.
         """
-        sampling = {
-            "guidance_scale": self.guidance_scale,
-            "guidance_schedule": self.guidance_schedule,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-        }
+        sampling = {name: getattr(self, name) for name in SAMPLING_ARGUMENTS}
         if evaluation:
             overrides = {
                 "guidance_scale": self.eval_guidance_scale,
