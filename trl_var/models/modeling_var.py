@@ -384,8 +384,18 @@ class VARForImageGeneration(VARPreTrainedModel):
         `temperature`), and optionally the entropy of every position's distribution, from one teacher-forced pass.
         """
         logits = self(input_ids=input_ids, image_ids=image_ids, attention_mask=attention_mask).logits
-        logits = logits.float() / temperature
-        log_probs = logits.log_softmax(-1)
+        return self.logprobs_from_logits(logits, image_ids, temperature, compute_entropy)
+
+    @staticmethod
+    def logprobs_from_logits(
+        logits: torch.Tensor, image_ids: torch.LongTensor, temperature: float = 1.0, compute_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The log-probabilities `(B, L)` of `image_ids` and optionally the entropies from the image head's `logits`
+        `(B, L, codebook_size)`: a softmax over the codebook at `temperature`, in float32 (a bf16 log-softmax over
+        thousands of codes would bias every token of an image).
+        """
+        log_probs = (logits.float() / temperature).log_softmax(-1)
         token_logprobs = log_probs.gather(-1, image_ids.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1) if compute_entropy else None
         return token_logprobs, entropy

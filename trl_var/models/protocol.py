@@ -96,6 +96,28 @@ class NextScalePolicy(Protocol):
         """
         ...
 
+    def __call__(
+        self, input_ids: torch.LongTensor, image_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> Any:
+        """
+        `forward`: the teacher-forced pass behind `image_token_logprobs`, returning an output with the image head's
+        `logits` `(B, L, ...)`. The trainer calls it through its DDP / FSDP wrapper, then `logprobs_from_logits`.
+        """
+        ...
+
+    def logprobs_from_logits(
+        self,
+        logits: torch.Tensor,
+        image_ids: torch.LongTensor,
+        temperature: float = 1.0,
+        compute_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        What `image_token_logprobs` returns, from `forward`'s `logits`: `image_token_logprobs(ids, image_ids, mask)` is
+        `logprobs_from_logits(self(ids, image_ids, mask).logits, image_ids)`. Computed in float32.
+        """
+        ...
+
     def decode_image_tokens(self, image_ids: torch.LongTensor) -> torch.Tensor:
         """Images `(B, 3, H, W)` in `[-1, 1]` from the tokens `(B, num_image_tokens)` of whole images."""
         ...
@@ -118,5 +140,5 @@ def check_policy(model: Any) -> None:
         f"{type(model).__name__} (model type {model_type!r}) is not a next-scale image policy: it lacks the policy "
         f"protocol (`generate`, `image_token_logprobs`, `decode_image_tokens`, `scale_schedule`, ...). Supported "
         f"model types: {supported}; `import trl_var` registers them with AutoModel. See the README's \"Supported "
-        f"models\" for converting released checkpoints."
+        f'models" for converting released checkpoints.'
     )

@@ -8,12 +8,12 @@ from typing import Protocol, runtime_checkable
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModel, PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from ..models.pipeline_var import images_to_pil
 from .callbacks import LogSampleImagesCallback
@@ -295,6 +295,11 @@ class VARGRPOTrainer(GRPOTrainer):
                 rollout_ids += ids.tolist()
                 rollout_logprobs += logprobs.tolist()
                 full_ids.append(full)
+                if isinstance(unwrapped_model, FSDPModule):
+                    # FSDP2 gathers parameters around `forward`, and around `generate`, which the Trainer registers;
+                    # decoding reads the root's own (the image tokenizer's) outside both, and the root may have
+                    # resharded after `generate` (`set_reshard_after_forward`). A no-op when they are gathered.
+                    unwrapped_model.unshard()
                 decoded.append(unwrapped_model.decode_image_tokens(full))
         full_ids, decoded = torch.cat(full_ids), torch.cat(decoded)
         images = images_to_pil(decoded)
@@ -502,6 +507,8 @@ class VARGRPOTrainer(GRPOTrainer):
     ):
         """One teacher-forced pass: the last `logits_to_keep` tokens of every row are its image tokens."""
         batch_size = batch_size or input_ids.size(0)
+        # the pass goes through the wrapped model's `forward`, so that DDP / FSDP hooks see it
+        policy = self.accelerator.unwrap_model(model)
         text_ids, image_ids = input_ids[:, :-logits_to_keep], input_ids[:, -logits_to_keep:]
         # Only the text part of the mask is an attention mask: the completion part may carry loss weights.
         text_mask = attention_mask[:, :-logits_to_keep]
@@ -512,14 +519,12 @@ class VARGRPOTrainer(GRPOTrainer):
                 logits = model(
                     input_ids=text_ids[rows], image_ids=image_ids[rows], attention_mask=text_mask[rows]
                 ).logits
-            logits = logits.float()  # a bf16 log-softmax over the codebook would bias thousands of tokens per image
+            # the policy decides how a token's log-prob follows from its logits (a codebook softmax, a sum over bits)
+            logps, entropies = policy.logprobs_from_logits(
+                logits, image_ids[rows], temperature=self.temperature, compute_entropy=compute_entropy
+            )
             if compute_entropy:  # the loss's pass
-                logps, entropies = selective_log_softmax_and_entropy(
-                    logits, image_ids[rows], temperature=self.temperature
-                )
                 all_entropies.append(entropies)
-            else:
-                logps = selective_log_softmax(logits / self.temperature, image_ids[rows])
             all_logps.append(logps)
         entropies = torch.cat(all_entropies) if compute_entropy else None
         logps = torch.cat(all_logps)
