@@ -285,3 +285,30 @@ def test_save_and_load_round_trip(tiny_infinity, tokenizer, tmp_path):
     )
     torch.testing.assert_close(loaded.decode_image_tokens(image_ids), tiny_infinity.decode_image_tokens(image_ids))
     assert torch.equal(loaded.rope_cos, tiny_infinity.rope_cos)
+
+
+def test_generate_falls_back_on_generation_config(tiny_infinity, tokenizer):
+    input_ids, attention_mask = _prompts(tokenizer)
+    config = tiny_infinity.generation_config
+    assert (config.guidance_scale, config.temperature, config.top_p) == (3.0, 1.0, 0.97)
+    assert tiny_infinity.generate(input_ids, attention_mask, num_scales=1).state.guided
+    config.guidance_scale, config.top_k = 1.0, 1
+    out = tiny_infinity.generate(input_ids, attention_mask)
+    assert not out.state.guided
+    assert torch.equal(out.image_ids, tiny_infinity.generate(input_ids, attention_mask, top_k=1).image_ids)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_infinity, tokenizer):
+    input_ids, attention_mask = _prompts(tokenizer)
+    image_ids = tiny_infinity.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    tiny_infinity.train()
+    gradients = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            tiny_infinity.gradient_checkpointing_enable()
+        tiny_infinity.zero_grad()
+        tiny_infinity.image_token_logprobs(input_ids, image_ids, attention_mask)[0].sum().backward()
+        gradients.append({n: p.grad.clone() for n, p in tiny_infinity.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys() and len(gradients[0]) > 10
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=0)

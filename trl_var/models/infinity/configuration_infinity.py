@@ -186,6 +186,8 @@ class InfinityConfig(PreTrainedConfig):
                 f"`hidden_size` ({self.hidden_size}) must be `num_attention_heads` ({self.num_attention_heads}) times a "
                 "multiple of 4 (2D rotary embeddings rotate pairs of channels along two axes)."
             )
+        if self.intermediate_size <= 0:
+            raise ValueError(f"`intermediate_size` must be positive, got {self.intermediate_size}.")
         if self.hidden_size % self.text_pool_num_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `text_pool_num_heads` "

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from .bsq_vae import convert_vae_state_dict, vae_decoder_config_from_state_dict
 from .configuration_infinity import InfinityConfig
-from .modeling_infinity import InfinityForImageGeneration, null_text_init
+from .modeling_infinity import InfinityForImageGeneration, image_token_layout, null_text_init
 
 
 # Buffers of some original checkpoints that its `Infinity.load_state_dict` pops before loading.
@@ -196,9 +196,12 @@ def convert_infinity_checkpoint(
     state_dict.update({f"vae_decoder.{key}": value for key, value in decoder.items()})
     state_dict.update({f"text_encoder.{key}": value for key, value in t5.state_dict().items()})
 
-    model = InfinityForImageGeneration(config)
-    model.load_state_dict({key: value.to(dtype) for key, value in state_dict.items()}, strict=True)
-    model.to(dtype)
+    # Built on the meta device and given the checkpoint's tensors, so the weights are in memory once, not twice.
+    with torch.device("meta"):
+        model = InfinityForImageGeneration(config)
+    model.load_state_dict({key: value.to(dtype) for key, value in state_dict.items()}, strict=True, assign=True)
+    for name, value in zip(("image_scale_index", "rope_cos", "rope_sin"), image_token_layout(config), strict=True):
+        setattr(model, name, value)  # the layout buffers are not in any checkpoint
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return model
