@@ -14,7 +14,7 @@ is evaluated on CVTG-2K unless you name a dataset.
 
 It samples one image per prompt with the model's recommended sampling (its generation_config.json; without one, the
 paper's evaluation sampling: guidance 5, constant schedule, temperature 1, top-k 2, top-p 0.9; any option below
-overrides it), reads each image with Tesseract and writes to `--output_dir`:
+overrides it), reads each image with Tesseract (or PP-OCR: `--ocr_backend ppocr`) and writes to `--output_dir`:
 
     results.md / results.json   the table (also printed)
     samples.png                 the first samples, captioned with their word accuracy and prompt
@@ -22,8 +22,9 @@ overrides it), reads each image with Tesseract and writes to `--output_dir`:
 
 A rerun with the same options resumes: the samples already in samples.jsonl are not generated again. CLIPScore needs
 `--clip_model` (the benchmark uses openai/clip-vit-large-patch14); without it the column is left empty. The metrics are
-the benchmark's (see trl_var/metrics/functional.py), the OCR engine is not: Tesseract here, PaddleOCR in the papers, so
-compare models evaluated here with each other rather than with the papers' absolute numbers.
+the benchmark's (see trl_var/metrics/functional.py), the OCR engine is not: Tesseract or PP-OCRv6-small via RapidOCR
+here (results.json names it), PaddleOCR in the papers, so compare models evaluated here, by the same engine, with each
+other rather than with the papers' absolute numbers.
 """
 
 import argparse
@@ -141,6 +142,13 @@ class EvaluationArguments:
             "help": "Upscaling before OCR. Default: to ~256 px on the short side (4x for 64 px, 1x for 1024 px)."
         },
     )
+    ocr_backend: Literal["tesseract", "ppocr"] = field(
+        default="tesseract",
+        metadata={
+            "help": "OCR engine: tesseract, or ppocr (PP-OCRv6-small via RapidOCR, the papers' OCR family; "
+            'pip install "trl-var[ppocr]"). --ocr_psm and --ocr_upscale are Tesseract\'s only.'
+        },
+    )
     num_grid_images: int = field(default=16, metadata={"help": "Samples shown in samples.png (0: no grid)."})
     output_dir: str = field(
         default="outputs/evaluate-text-render",
@@ -191,6 +199,7 @@ def main(args: EvaluationArguments) -> dict:
         seed=args.seed,
         ocr_psm=args.ocr_psm if args.ocr_psm is not None else DEFAULT_OCR_PSM[dataset_format],
         ocr_upscale=args.ocr_upscale,
+        ocr_backend=args.ocr_backend,
         clip_model=args.clip_model,
         num_grid_images=args.num_grid_images,
         **{name: getattr(args, name) for name in SAMPLING_ARGUMENTS},  # None: the model's generation_config

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from transformers import set_seed
 from trl import TrlParser
@@ -76,6 +77,13 @@ class ScriptArguments:
         metadata={"help": "Column with the words to render. Default: the double-quoted spans of the prompt."},
     )
     ocr_penalty: float = field(default=0.6, metadata={"help": "Weight lambda of the OCR reward's character penalty."})
+    ocr_backend: Literal["tesseract", "ppocr"] = field(
+        default="tesseract",
+        metadata={
+            "help": "OCR engine of the reward and of the before/after scoring: tesseract, or ppocr (PP-OCRv6-small via "
+            'RapidOCR, the paper\'s OCR family; pip install "trl-var[ppocr]").'
+        },
+    )
     ocr_timeout: float = field(
         default=30,
         metadata={
@@ -100,11 +108,17 @@ class ScriptArguments:
     )
 
 
-def heldout_scores(model, tokenizer, prompts, targets, args: VARGRPOConfig, ocr_timeout: float) -> dict:
+def heldout_scores(model, tokenizer, prompts, targets, args: VARGRPOConfig, script_args: ScriptArguments) -> dict:
     """Word accuracy and NED of one sample per held-out prompt, with the evaluation sampling settings."""
     pipeline = VARPipeline(model, tokenizer)
     return score_prompts(
-        pipeline, prompts, targets, seed=args.seed, ocr_timeout=ocr_timeout, **args.sampling_kwargs(evaluation=True)
+        pipeline,
+        prompts,
+        targets,
+        seed=args.seed,
+        ocr_timeout=script_args.ocr_timeout,
+        ocr_backend=script_args.ocr_backend,
+        **args.sampling_kwargs(evaluation=True),
     )
 
 
@@ -152,6 +166,7 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
         target_column=script_args.reward_target_column,
         penalty=script_args.ocr_penalty,
         timeout=script_args.ocr_timeout,
+        backend=script_args.ocr_backend,
     )
 
     if script_args.dataset_name is None:  # synthetic prompts; the held-out words are never drawn
@@ -180,7 +195,7 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
         targets = targets_of_dataset[: len(prompts)]
     main_process = trainer.accelerator.is_main_process
     if main_process and prompts:
-        before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args, script_args.ocr_timeout)
+        before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args, script_args)
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is not None:
@@ -195,7 +210,7 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
 
     if main_process and prompts:  # the report is written before `save_model` pushes, so a failed push keeps it
         model = trainer.accelerator.unwrap_model(trainer.model).eval()
-        after = heldout_scores(model, tokenizer, prompts, targets, training_args, script_args.ocr_timeout)
+        after = heldout_scores(model, tokenizer, prompts, targets, training_args, script_args)
         write_report(label, prompts, before, after, script_args.num_sample_prompts, output_dir)
     trainer.save_model(output_dir)
     if main_process:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from trl_var.rewards import OCRReward, check_ocr, ocr_engine_name, ppocr, read_text
@@ -157,3 +158,34 @@ def test_missing_rapidocr_raises_with_the_install_command(monkeypatch):
 def test_ocr_engine_name_says_which_engine_and_version_read():
     assert ocr_engine_name("ppocr") == f"PP-OCRv6-small via RapidOCR {ppocr.RAPIDOCR_VERSION}"
     assert ocr_engine_name("tesseract").startswith("Tesseract ")
+
+
+def test_evaluation_with_the_ppocr_backend_reads_with_it_and_its_results_and_card_name_the_engine(tmp_path):
+    from conftest import tiny_var_config
+    from datasets import Dataset
+
+    from trl_var import VARForImageGeneration, VARGRPOConfig, VARPipeline, build_char_tokenizer, evaluation
+    from trl_var.trainer.model_card import generate_model_card
+
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = VARForImageGeneration(tiny_var_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    pipeline = VARPipeline(model.eval(), tokenizer)
+    prompts = ['the word "AB"', 'the word "CD"']
+    dataset = Dataset.from_dict({"prompt": prompts, "targets": [["AB"], ["CD"]], "num_regions": [1, 1]})
+    engine = f"PP-OCRv6-small via RapidOCR {ppocr.RAPIDOCR_VERSION}"
+
+    results = evaluation.evaluate_text_rendering(pipeline, dataset, tmp_path, num_grid_images=0, ocr_backend="ppocr")
+    assert (results["config"]["ocr_backend"], results["config"]["ocr_engine"]) == ("ppocr", engine)
+    assert (tmp_path / "results.md").read_text().endswith(f"OCR: {engine}.\n")
+    # a resumed evaluation must read with the same engine
+    with pytest.raises(ValueError, match="ocr_backend: 'ppocr' then, 'tesseract' now"):
+        evaluation.evaluate_text_rendering(pipeline, dataset, tmp_path, num_grid_images=0)
+
+    card = generate_model_card(
+        VARGRPOConfig(output_dir=str(tmp_path), report_to="none"), model.config, model_name="tiny", results=results
+    )
+    assert f"(OCR by {engine}: compare with models evaluated the same way)" in card.text
+
+    scored = evaluation.score_prompts(pipeline, prompts, [["AB"], ["CD"]], ocr_backend="ppocr")
+    assert scored["predictions"] == evaluation.read_images(scored["images"], backend="ppocr")

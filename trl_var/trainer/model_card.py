@@ -126,7 +126,7 @@ those of the conditional policy, without guidance or filtering, with logits divi
 {% if results_table %}
 ## Evaluation
 
-{% if evaluated_by_trl_var %}Text rendering, by `trl_var.evaluation.evaluate_text_rendering` (Tesseract OCR: \
+{% if evaluated_by_trl_var %}Text rendering, by `trl_var.evaluation.evaluate_text_rendering` (OCR by {{ ocr_engine }}: \
 compare with models evaluated the same way), with the decoding settings above:
 
 {% endif %}{{ results_table }}
@@ -269,6 +269,8 @@ def generate_model_card(
         decoding_table=_decoding_table(rollout_decoding, eval_decoding),
         results_table=_results_table(results),
         evaluated_by_trl_var=isinstance(results, Mapping),
+        # results of versions before the PP-OCR backend do not name the engine: Tesseract read them
+        ocr_engine=eval_config.get("ocr_engine", "Tesseract"),
         trainer_name=trainer_name,
         trainer_citation=paper.get("citation"),
         paper_title=paper.get("title"),
