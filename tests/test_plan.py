@@ -7,6 +7,7 @@ import torch
 from conftest import load_script, tiny_var_config
 
 from trl_var import VARForImageGeneration, nextflow_7b_config
+from trl_var.models.block_attention import BlockCausalLayout
 from trl_var.trainer.credit import quarter_resolution_prefix
 
 
@@ -65,9 +66,12 @@ def test_attention_pairs_count_the_models_block_causal_mask():
     model = VARForImageGeneration(tiny_var_config())  # scales of 1, 4, 16, 64 tokens
     scale_tokens = model.scale_token_counts
     prompt = 5
-    blocks = torch.cat([torch.arange(prompt), prompt + model.image_scale_index])
-    mask = model._attention_mask(torch.ones(1, prompt, dtype=torch.long), blocks, blocks, torch.float32)[0, 0]
-    allowed = mask == 0
+    # the (query, key) pairs the model's block-causal attention computes, from the layout it hands the backbone
+    layout = BlockCausalLayout.for_scales(scale_tokens, torch.ones(1, prompt, dtype=torch.bool))
+    allowed = torch.zeros(prompt + sum(scale_tokens), prompt + sum(scale_tokens), dtype=torch.bool)
+    allowed[:prompt, :prompt] = torch.ones(prompt, prompt, dtype=torch.bool).tril()
+    for query_start, query_end, key_end in layout.blocks:
+        allowed[query_start:query_end, :key_end] = True
     assert plan.attention_pairs(prompt, scale_tokens, 0, 4) == allowed.sum().item()
     # queries of the suffix scales 2, 3 only: the rows after the prompt and scales 0, 1
     assert plan.attention_pairs(prompt, scale_tokens, 2, 4) == allowed[prompt + 5 :].sum().item()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 
 @dataclass
@@ -64,6 +66,7 @@ def block_causal_attention(
     value: torch.Tensor,
     layout: BlockCausalLayout,
     scale: float | None = None,
+    dropout: float = 0.0,
 ) -> torch.Tensor:
     """
     Attention `(B, H, Q, D)` of `query` `(B, H, Q, D)` over `key` / `value` `(B, H_kv, K, D)` (grouped-query heads
@@ -83,7 +86,13 @@ def block_causal_attention(
             mask = mask[:, None]
         outputs.append(
             F.scaled_dot_product_attention(
-                query[:, :, :p], key[:, :, :p], value[:, :, :p], attn_mask=mask, scale=scale, enable_gqa=enable_gqa
+                query[:, :, :p],
+                key[:, :, :p],
+                value[:, :, :p],
+                attn_mask=mask,
+                scale=scale,
+                dropout_p=dropout,
+                enable_gqa=enable_gqa,
             )
         )
     for query_start, query_end, key_end in layout.blocks:
@@ -95,7 +104,36 @@ def block_causal_attention(
                 value[:, :, :key_end],
                 attn_mask=mask,
                 scale=scale,
+                dropout_p=dropout,
                 enable_gqa=enable_gqa,
             )
         )
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+
+BLOCK_CAUSAL_ATTENTION = "trl_var_block_causal"
+
+
+def block_causal_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: "BlockCausalLayout | torch.Tensor | None",
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    transformers' attention interface (registered as `"trl_var_block_causal"`): a [`BlockCausalLayout`] passed as the
+    attention mask runs [`block_causal_attention`]; a tensor mask (or none) runs transformers' SDPA attention unchanged.
+    """
+    if not isinstance(attention_mask, BlockCausalLayout):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    output = block_causal_attention(query, key, value, attention_mask, scale=scaling, dropout=dropout)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(BLOCK_CAUSAL_ATTENTION, block_causal_attention_forward)

@@ -30,6 +30,7 @@ from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
+from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
 from .configuration_var import VARConfig
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
 
@@ -155,8 +156,11 @@ class VARPreTrainedModel(PreTrainedModel):
     config: VARConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    # The backbone always runs trl-var's block-causal attention (`block_attention.py`): SDPA calls over each scale's
+    # key prefix, which pick SDPA's fused kernels themselves. flash-attn and flex attention are not wired in.
     _supports_sdpa = True
-    _supports_flash_attn = False  # the block-causal mask is a dense 4D mask
+    _supports_flash_attn = False
+    _supports_flex_attn = False
 
     def _init_weights(self, module):
         if isinstance(module, VARForImageGeneration):
@@ -183,6 +187,8 @@ class VARForImageGeneration(VARPreTrainedModel):
     def __init__(self, config: VARConfig):
         super().__init__(config)
         self.model = AutoModel.from_config(config.text_config)
+        # the masks handed to the backbone are block layouts, not S x S tensors (see `block_attention.py`)
+        self.model.set_attn_implementation(BLOCK_CAUSAL_ATTENTION)
         self.vqmodel = MultiScaleVQModel(**config.vq_config)
         self.vqmodel.requires_grad_(False)
         hidden_size = config.text_config.hidden_size
@@ -291,29 +297,8 @@ class VARForImageGeneration(VARPreTrainedModel):
         # rotary distance then counts "how many refinement steps ago", as the sequence of scales is the time axis.
         return text_mask.long().sum(-1, keepdim=True) + scale_index.unsqueeze(0)
 
-    def _attention_mask(
-        self, text_mask: torch.Tensor, query_blocks: torch.Tensor, key_blocks: torch.Tensor, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """
-        Dense 4D additive mask `(B, 1, q, k)`. Every position has a block id: text token i has id i, the tokens of
-        scale t have id P + t. A query sees the keys of blocks <= its own that are not padding. A padding query sees
-        itself only (its output is never used; this keeps softmax rows finite).
-        """
-        batch_size, num_text = text_mask.shape
-        key_valid = torch.ones(batch_size, key_blocks.numel(), dtype=torch.bool, device=text_mask.device)
-        key_valid[:, :num_text] = text_mask.bool()
-        allowed = (key_blocks[None, None, :] <= query_blocks[None, :, None]) & key_valid[:, None, :]
-        is_text_query = query_blocks < num_text
-        if is_text_query.any():
-            is_pad_query = ~text_mask.bool()[:, query_blocks[is_text_query]]  # (B, num text queries)
-            own_key = query_blocks[is_text_query, None] == key_blocks[None, :]
-            allowed[:, is_text_query] |= is_pad_query[:, :, None] & own_key[None]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        return mask[:, None]
-
-    def _backbone(self, inputs_embeds, attention_mask, position_ids, cache=None):
-        # A dict of prepared masks is passed through untouched by transformers' decoder models.
+    def _backbone(self, inputs_embeds, attention_mask: BlockCausalLayout, position_ids, cache=None):
+        # A dict of prepared masks is passed through untouched by transformers' decoder models to the attention.
         masks = dict.fromkeys(set(self.model.config.layer_types), attention_mask)
         return self.model(
             inputs_embeds=inputs_embeds,
@@ -362,8 +347,7 @@ class VARForImageGeneration(VARPreTrainedModel):
         image_embeds = self.image_embed(start_block) + self._position_embeds(0, num_tokens)
 
         scale_index = self.image_scale_index[:num_tokens]
-        blocks = torch.cat([torch.arange(num_text, device=input_ids.device), num_text + scale_index])
-        mask = self._attention_mask(attention_mask, blocks, blocks, text_embeds.dtype)
+        mask = BlockCausalLayout.for_scales(self.scale_token_counts[: len(grids)], attention_mask)
         positions = torch.cat(
             [self._text_positions(attention_mask), self._image_positions(attention_mask, scale_index)], 1
         )
@@ -510,7 +494,7 @@ class VARForImageGeneration(VARPreTrainedModel):
         self, state: VARSamplingState, t: int, input_ids: torch.LongTensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
-        Embeddings, 4D attention mask and rotary positions of `generate`'s pass at scale `t`: scale `t`'s tokens, at
+        Embeddings, block-causal layout and rotary positions of `generate`'s pass at scale `t`: scale `t`'s tokens, at
         `t = 0` preceded by the prompt `input_ids` (the prefill). Rows are doubled with guidance.
         """
         start = sum(self.scale_token_counts[:t])
@@ -525,10 +509,8 @@ class VARForImageGeneration(VARPreTrainedModel):
             embeds = torch.cat([embeds, embeds])
         positions = self._image_positions(state.text_mask, self.image_scale_index[start:end])
 
-        if t > 0:
-            # Every cached key precedes scale t: only padding is masked, one row broadcast over the queries.
-            mask = embeds.new_zeros(embeds.shape[0], 1, 1, num_text + end)
-            mask[:, 0, 0, :num_text].masked_fill_(~state.text_mask.bool(), torch.finfo(embeds.dtype).min)
+        if t > 0:  # every cached key precedes scale t: only the text's padding is masked
+            mask = BlockCausalLayout.for_scales(self.scale_token_counts[: t + 1], state.text_mask, num_text + start)
             return embeds, mask, positions
 
         # Prefill: the prompt and scale 0 in one pass, causal over the text, full inside the scale.
@@ -536,10 +518,7 @@ class VARForImageGeneration(VARPreTrainedModel):
         if state.guided:
             text_embeds = torch.cat([text_embeds, text_embeds])
         embeds = torch.cat([text_embeds, embeds.to(text_embeds.dtype)], 1)
-        blocks = torch.cat(
-            [torch.arange(num_text, device=embeds.device), torch.full((end,), num_text, device=embeds.device)]
-        )
-        mask = self._attention_mask(state.text_mask, blocks, blocks, embeds.dtype)
+        mask = BlockCausalLayout.for_scales(self.scale_token_counts[:1], state.text_mask)
         positions = torch.cat([self._text_positions(state.text_mask), positions], 1)
         return embeds, mask, positions
 
