@@ -16,9 +16,7 @@ Two forward paths that agree to float tolerance:
 - `forward` / `image_token_logprobs`: teacher forcing, one pass over prompt + all scales;
 - `generate`: sampling scale by scale with a KV cache, classifier-free guidance, temperature, top-k and top-p.
 
-The sampling settings (`SAMPLING_ARGUMENTS`) have one home: `model.generation_config`, saved with the model as
-generation_config.json, which `generate` reads for every setting not given; the pipeline, the evaluation and the
-trainer forward them as `**sampling`.
+The sampling settings (`SAMPLING_ARGUMENTS`, see `sampling.py`) have one home: `model.generation_config`.
 """
 
 from dataclasses import dataclass
@@ -33,50 +31,7 @@ from transformers.utils import ModelOutput
 from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
 from .configuration_var import VARConfig
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
-
-
-# The settings of `generate` that shape the sampling distribution, in the order every layer lists them.
-SAMPLING_ARGUMENTS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p")
-GUIDANCE_SCHEDULES = ("constant", "linear")
-
-
-def sampling_settings(generation_config: GenerationConfig, **given) -> dict:
-    """
-    The sampling settings of a `generate` call: every one of `SAMPLING_ARGUMENTS` given and not `None`, else the
-    value of `generation_config` (the checkpoint's recommended decoding). `top_k` may stay `None` (no top-k).
-    Evaluation records this dict, so that its results say how the images were sampled.
-    """
-    unknown = sorted(set(given) - set(SAMPLING_ARGUMENTS))
-    if unknown:
-        raise TypeError(
-            f"Unknown sampling argument(s) {unknown}; the sampling arguments are {list(SAMPLING_ARGUMENTS)}."
-        )
-    settings = {}
-    for name in SAMPLING_ARGUMENTS:
-        value = given.get(name)
-        settings[name] = getattr(generation_config, name, None) if value is None else value
-        if settings[name] is None and name != "top_k":
-            raise ValueError(
-                f"No `{name}` to sample with: pass `{name}=...`, or set `model.generation_config.{name}`."
-            )
-    if settings["guidance_schedule"] not in GUIDANCE_SCHEDULES:
-        raise ValueError(
-            f"`guidance_schedule` must be one of {list(GUIDANCE_SCHEDULES)}, got {settings['guidance_schedule']!r}."
-        )
-    if settings["temperature"] <= 0:
-        raise ValueError(f"`temperature` must be > 0, got {settings['temperature']}.")
-    return settings
-
-
-def guidance_at(scale_index: int, num_scales: int, guidance_scale: float, guidance_schedule: str) -> float:
-    """
-    The guidance scale `s_t` of scale `t` of `T`: `s` at every scale (`"constant"`), or
-    `s_t = 1 + (s - 1) * t / (T - 1)` (`"linear"`, VAR's schedule: the coarse scales, which fix the layout, stay
-    diverse, and the fine scales follow the prompt).
-    """
-    if guidance_schedule == "linear":
-        return 1.0 + (guidance_scale - 1.0) * scale_index / max(num_scales - 1, 1)
-    return guidance_scale
+from .sampling import GenerationConfigHooks, guidance_at, sampling_settings
 
 
 @dataclass
@@ -151,7 +106,7 @@ class VARGenerationOutput(ModelOutput):
     state: VARSamplingState | None = None
 
 
-class VARPreTrainedModel(PreTrainedModel):
+class VARPreTrainedModel(GenerationConfigHooks, PreTrainedModel):
     config_class = VARConfig
     config: VARConfig
     base_model_prefix = "model"
@@ -220,28 +175,6 @@ class VARForImageGeneration(VARPreTrainedModel):
             eos_token_id=config.text_config.eos_token_id,
         )
         self.post_init()
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        # Sampling is `generate` below, not `GenerationMixin`'s; saying True makes `save_pretrained` write
-        # `generation_config` to generation_config.json and `from_pretrained` call `adjust_generation_fn`.
-        return True
-
-    def adjust_generation_fn(
-        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **download_kwargs
-    ):
-        """
-        `from_pretrained`'s hook: the settings of the checkpoint's generation_config.json (or of the
-        `generation_config` passed to `from_pretrained`) override the defaults of `__init__`; a checkpoint saved
-        without one samples with those defaults.
-        """
-        if generation_config is None:
-            download_kwargs.pop("trust_remote_code", None)
-            try:
-                generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **download_kwargs)
-            except OSError:
-                return
-        self.generation_config.update(allow_custom_entries=True, **generation_config.to_diff_dict())
 
     # ------------------------------------------------------------------ layout helpers
 

@@ -10,7 +10,8 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .modeling_var import VARForImageGeneration, sampling_settings
+from .modeling_var import VARForImageGeneration
+from .sampling import sampling_settings
 
 
 @dataclass

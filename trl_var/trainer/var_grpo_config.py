@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig
 
-from ..models.modeling_var import SAMPLING_ARGUMENTS
+from ..models.sampling import SAMPLING_ARGUMENTS
 
 
 @dataclass

@@ -45,6 +45,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ..block_attention import BlockCausalLayout, block_causal_attention
+from ..sampling import GenerationConfigHooks, guidance_at, sampling_settings
 from .bsq_vae import InfinityVAEDecoder
 from .configuration_infinity import InfinityConfig
 
@@ -177,7 +179,10 @@ class InfinitySelfAttention(nn.Module):
         q, k = rotate_2d(q, cos, sin).to(v.dtype), rotate_2d(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v = cache.update(k, v, layer_idx)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=1.0)
+        if attention_mask is None:  # sampling: every cached key belongs to an earlier scale
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        else:
+            out = block_causal_attention(q, k, v, attention_mask, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(batch_size, length, hidden))
 
 
@@ -335,34 +340,13 @@ def bits_to_codes(bits: torch.Tensor, height: int, width: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- model
 
 
-class InfinityPreTrainedModel(PreTrainedModel):
+class InfinityPreTrainedModel(GenerationConfigHooks, PreTrainedModel):
     config_class = InfinityConfig
     config: InfinityConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["InfinityBlock", "T5Block"]
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        # Sampling is `generate` below, not `GenerationMixin`'s; saying True makes `save_pretrained` write
-        # `generation_config` to generation_config.json and `from_pretrained` call `adjust_generation_fn`.
-        return True
-
-    def adjust_generation_fn(
-        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **download_kwargs
-    ):
-        """
-        `from_pretrained`'s hook: the settings of the checkpoint's generation_config.json (or of the
-        `generation_config` passed to `from_pretrained`) override the defaults of `__init__`.
-        """
-        if generation_config is None:
-            download_kwargs.pop("trust_remote_code", None)
-            try:
-                generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **download_kwargs)
-            except OSError:
-                return
-        self.generation_config.update(**generation_config.to_diff_dict())
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -575,7 +559,7 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
             x = torch.cat([x, self.word_embed(inputs.to(x.dtype))], 1)
         scale_index = self.image_scale_index[:num_tokens]
         x = x + self.lvl_embed(scale_index)
-        block_causal = scale_index[:, None] >= scale_index[None, :]  # a token sees its own and earlier scales
+        block_causal = BlockCausalLayout.for_scales(self.scale_token_counts[:num_scales])  # own and earlier scales
         hidden = self._run_blocks(x, condition, text_states, text_mask, 0, num_tokens, block_causal)
         return InfinityModelOutput(logits=self._bit_logits(hidden, condition), hidden_states=hidden)
 
@@ -593,7 +577,20 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         position (the sum of its bits' entropies), from one teacher-forced pass.
         """
         logits = self(input_ids=input_ids, image_ids=image_ids, attention_mask=attention_mask).logits
-        log_probs = (logits.float() / temperature).log_softmax(-1)  # (B, L, d, 2)
+        return self.logprobs_from_logits(logits, image_ids, temperature, compute_entropy)
+
+    def logprobs_from_logits(
+        self,
+        logits: torch.Tensor,
+        image_ids: torch.LongTensor,
+        temperature: float = 1.0,
+        compute_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Log-probabilities `(B, L)` of `image_ids` from the bit logits `(B, L, d, 2)`: the sum over a token's bits of
+        their two-way log-softmax at `temperature` (float32); optionally the entropies (sums of the bits').
+        """
+        log_probs = (logits.float() / temperature).log_softmax(-1)
         bits = ids_to_bits(image_ids, self.config.codebook_dim)
         token_logprobs = log_probs.gather(-1, bits.unsqueeze(-1)).squeeze(-1).sum(-1)
         entropy = -(log_probs.exp() * log_probs).sum((-2, -1)) if compute_entropy else None
@@ -649,26 +646,23 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
             [`InfinityGenerationOutput`] with the tokens and log-probs of the scales generated so far (including those
             of `state`) and the state to continue from.
         """
-        # 1. sampling settings
-        defaults = self.generation_config
-        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
-        guidance_schedule = (
-            getattr(defaults, "guidance_schedule", "constant") if guidance_schedule is None else guidance_schedule
+        # 1. sampling settings: those not given come from the generation config
+        sampling = sampling_settings(
+            self.generation_config,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
         )
-        temperature = defaults.temperature if temperature is None else temperature
-        top_k = (defaults.top_k or 0) if top_k is None else top_k
-        top_p = defaults.top_p if top_p is None else top_p
-        if guidance_schedule not in ("constant", "linear"):
-            raise ValueError(f"`guidance_schedule` must be 'constant' or 'linear', got {guidance_schedule!r}.")
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+        temperature, top_k, top_p = sampling["temperature"], sampling["top_k"] or 0, sampling["top_p"]
         num_total = len(self.scale_schedule)
         num_scales = num_total if num_scales is None else num_scales
         if not 1 <= num_scales <= num_total:
             raise ValueError(f"`num_scales` must be in [1, {num_total}], got {num_scales}.")
 
         # 2. the text, the cache and the summed codes: once per prompt batch
-        guided = guidance_scale != 1.0
+        guided = sampling["guidance_scale"] != 1.0
         if state is None:
             if input_ids is None:
                 raise ValueError("`generate` needs `input_ids` (the prompt) or a `state` to continue from.")
@@ -695,9 +689,7 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
             cond_logits = logits[:batch_size]
             sample_logits = cond_logits
             if guided:
-                scale = guidance_scale
-                if guidance_schedule == "linear":
-                    scale = 1.0 + (guidance_scale - 1.0) * t / max(num_total - 1, 1)
+                scale = guidance_at(t, num_total, sampling["guidance_scale"], sampling["guidance_schedule"])
                 sample_logits = scale * cond_logits + (1 - scale) * logits[batch_size:]
             bits = sample_bits(sample_logits, top_k, top_p, generator)
             logprobs = cond_logits.log_softmax(-1).gather(-1, bits.unsqueeze(-1)).squeeze(-1).sum(-1)
