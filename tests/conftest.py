@@ -60,3 +60,50 @@ def tiny_model(char_tokenizer):
     torch.manual_seed(0)
     config = tiny_var_config(vocab_size=len(char_tokenizer), pad_token_id=char_tokenizer.pad_token_id)
     return VARForImageGeneration(config).eval()
+
+
+def tiny_t5_config(vocab_size=128):
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        is_encoder_decoder=False,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+
+
+def tiny_infinity_config(**overrides):
+    """A 2-block Infinity of width 32 with 4-bit tokens on four scales (30 tokens), a 1-layer T5 and a 4x4-px VAE."""
+    from trl_var.models.infinity import InfinityConfig
+
+    kwargs = {
+        "text_config": tiny_t5_config().to_dict(),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "num_block_chunks": 2,
+        "codebook_dim": 4,
+        "text_max_length": 16,
+        "text_pool_num_heads": 2,
+        "scale_schedule": [[1, 1], [2, 2], [3, 3], [4, 4]],  # 30 tokens
+        "vae_config": {"codebook_dim": 4, "block_out_channels": [32, 32], "num_res_blocks": 0, "patch_size": 2},
+        **overrides,
+    }
+    return InfinityConfig(**kwargs)
+
+
+def randomize_infinity_(model, seed: int = 0):
+    """Perturb every transformer parameter, the zero-initialized biases included, so that every path matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith("text_encoder."):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_t5_config
 from safetensors.torch import load_file
-from test_modeling_infinity import SCHEDULE, tiny_t5_config
+from test_modeling_infinity import SCHEDULE
 from transformers import AutoModel, T5EncoderModel
 
 import trl_var  # noqa: F401  (registers the model type with AutoModel)

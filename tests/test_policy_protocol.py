@@ -5,7 +5,7 @@ The policy protocol's conformance suite: every model family of trl-var must pass
 
 import pytest
 import torch
-from conftest import tiny_var_config
+from conftest import randomize_infinity_, tiny_infinity_config, tiny_var_config
 from transformers import AutoModel
 
 from trl_var.models.protocol import NextScalePolicy, SamplingState, check_policy
@@ -22,7 +22,14 @@ def _tiny_var(char_tokenizer):
     return VARForImageGeneration(config).eval(), char_tokenizer
 
 
-FAMILIES = {"var": _tiny_var}
+def _tiny_infinity(char_tokenizer):
+    from trl_var.models.infinity import InfinityForImageGeneration
+
+    torch.manual_seed(0)
+    return randomize_infinity_(InfinityForImageGeneration(tiny_infinity_config())).eval(), char_tokenizer
+
+
+FAMILIES = {"var": _tiny_var, "infinity": _tiny_infinity}
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -160,3 +167,24 @@ def test_a_language_model_is_refused_with_the_supported_types():
     model = Qwen2Model(Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     with pytest.raises(TypeError, match=r"Qwen2Model \(model type 'qwen2'\) is not a next-scale image policy.*'var'"):
         check_policy(model)
+
+
+def test_no_attention_call_sees_a_sequence_by_sequence_mask(policy, monkeypatch):
+    # Block-causal attention is one SDPA call per scale over its key prefix: a mask is at most a key-padding row
+    # (B, 1, 1, K) or the small causal mask of the text prefix, never (S, S) for the whole sequence.
+    model, input_ids, attention_mask = policy
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    out = model.generate(input_ids, attention_mask, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    model.image_token_logprobs(input_ids, out.image_ids, attention_mask)
+    num_text = input_ids.shape[1]
+    assert calls
+    assert max(num_keys for _, num_keys, _ in calls) >= model.num_image_tokens  # the full pass went through SDPA
+    for num_queries, num_keys, mask_shape in calls:
+        if mask_shape is not None:
+            assert mask_shape[-2] == 1 or mask_shape[-2] == mask_shape[-1] <= num_text, (num_queries, mask_shape)
