@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
 from .configuration_var import VARConfig
+from .modeling_utils import FrozenSubmodulesMixin
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
 from .sampling import GenerationConfigHooks, guidance_at, sampling_settings
 
@@ -106,7 +107,8 @@ class VARGenerationOutput(ModelOutput):
     state: VARSamplingState | None = None
 
 
-class VARPreTrainedModel(GenerationConfigHooks, PreTrainedModel):
+class VARPreTrainedModel(FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
+    _frozen_submodules = ("vqmodel",)
     config_class = VARConfig
     config: VARConfig
     base_model_prefix = "model"
@@ -145,7 +147,6 @@ class VARForImageGeneration(VARPreTrainedModel):
         # the masks handed to the backbone are block layouts, not S x S tensors (see `block_attention.py`)
         self.model.set_attn_implementation(BLOCK_CAUSAL_ATTENTION)
         self.vqmodel = MultiScaleVQModel(**config.vq_config)
-        self.vqmodel.requires_grad_(False)
         hidden_size = config.text_config.hidden_size
         latent_h, latent_w = self.vqmodel.latent_size
         self.image_embed = nn.Linear(self.vqmodel.config.latent_channels, hidden_size)
@@ -175,6 +176,7 @@ class VARForImageGeneration(VARPreTrainedModel):
             eos_token_id=config.text_config.eos_token_id,
         )
         self.post_init()
+        self.freeze_submodules_()
 
     # ------------------------------------------------------------------ layout helpers
 

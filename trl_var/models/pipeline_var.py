@@ -10,7 +10,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .modeling_var import VARForImageGeneration
+from .protocol import NextScalePolicy
 from .sampling import sampling_settings
 
 
@@ -36,11 +36,12 @@ def images_to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 
 class VARPipeline:
     r"""
-    Text-to-image pipeline for next-scale prediction models. It samples with the model's `generation_config`, the
+    Text-to-image pipeline for every next-scale policy of trl-var ([`~trl_var.models.protocol.NextScalePolicy`]:
+    [`VARForImageGeneration`], [`InfinityForImageGeneration`]). It samples with the model's `generation_config`, the
     checkpoint's recommended decoding, unless a call says otherwise.
 
     Args:
-        model ([`VARForImageGeneration`]): the transformer, with its image tokenizer (`model.vqmodel`).
+        model ([`NextScalePolicy`]): the policy, with its image decoder (`decode_image_tokens`).
         tokenizer ([`PreTrainedTokenizerBase`]): the text tokenizer; prompts are left-padded.
 
     Example:
@@ -53,7 +54,7 @@ class VARPipeline:
     ```
     """
 
-    def __init__(self, model: VARForImageGeneration, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: NextScalePolicy, tokenizer: PreTrainedTokenizerBase):
         self.model = model
         self.tokenizer = tokenizer
 
@@ -112,8 +113,9 @@ class VARPipeline:
         all_images, all_ids = [], []
         batches = range(0, len(prompts), batch_size)
         for start in tqdm(batches, desc="Generating", disable=len(batches) == 1):
+            # left padding; special tokens as the policy was trained with (T5 ends every prompt with </s>)
             inputs = self.tokenizer(
-                prompts[start : start + batch_size], padding=True, return_tensors="pt", add_special_tokens=False
+                prompts[start : start + batch_size], padding=True, padding_side="left", return_tensors="pt"
             ).to(self.device)
             out = self.model.generate(inputs["input_ids"], inputs["attention_mask"], generator=generator, **sampling)
             all_ids.append(out.image_ids)

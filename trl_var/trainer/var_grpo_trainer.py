@@ -285,8 +285,7 @@ class VARGRPOTrainer(GRPOTrainer):
                     text=prompts[start : start + chunk],
                     padding=True,
                     padding_side="left",  # the image tokens follow the last text token of every row
-                    add_special_tokens=False,
-                    return_tensors="pt",
+                    return_tensors="pt",  # special tokens as the policy was trained with (T5 ends with </s>)
                 ).to(device)
                 ids, logprobs, full = self._sample_rollouts(unwrapped_model, text, prompts, start, stage, sampling)
                 prompt_ids += [

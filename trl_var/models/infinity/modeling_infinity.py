@@ -46,6 +46,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..block_attention import BlockCausalLayout, block_causal_attention
+from ..modeling_utils import FrozenSubmodulesMixin
 from ..sampling import GenerationConfigHooks, guidance_at, sampling_settings
 from .bsq_vae import InfinityVAEDecoder
 from .configuration_infinity import InfinityConfig
@@ -340,7 +341,8 @@ def bits_to_codes(bits: torch.Tensor, height: int, width: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- model
 
 
-class InfinityPreTrainedModel(GenerationConfigHooks, PreTrainedModel):
+class InfinityPreTrainedModel(FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
+    _frozen_submodules = ("text_encoder", "vae_decoder")
     config_class = InfinityConfig
     config: InfinityConfig
     base_model_prefix = "model"
@@ -387,7 +389,6 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         super().__init__(config)
         hidden, text_hidden = config.hidden_size, config.text_hidden_size
         self.text_encoder = T5EncoderModel(config.text_config)
-        self.text_encoder.requires_grad_(False)
         self.cfg_uncond = nn.Parameter(torch.zeros(config.text_max_length, text_hidden))
         self.text_norm = InfinityRMSNorm(text_hidden, config.norm_eps)
         self.text_proj_for_sos = InfinityTextPool(config)
@@ -406,7 +407,6 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         self.head_nm = InfinityHeadNorm(config)
         self.head = nn.Linear(hidden, 2 * config.codebook_dim)
         self.vae_decoder = InfinityVAEDecoder(**config.vae_config)
-        self.vae_decoder.requires_grad_(False)
 
         scale_index, rope_cos, rope_sin = image_token_layout(config)
         self.register_buffer("image_scale_index", scale_index, persistent=False)
@@ -426,6 +426,7 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
             eos_token_id=text_config.eos_token_id,
         )
         self.post_init()
+        self.freeze_submodules_()
 
     def train(self, mode: bool = True):
         # The text encoder is frozen: its dropout stays off, so log-probs are the same in training and in sampling.
