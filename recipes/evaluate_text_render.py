@@ -149,6 +149,13 @@ class EvaluationArguments:
             'pip install "trl-var[ppocr]"). --ocr_psm and --ocr_upscale are Tesseract\'s only.'
         },
     )
+    ocr_timeout: float = field(
+        default=60,
+        metadata={
+            "help": "Seconds Tesseract may take on one image (0: no limit); an image not read in time counts as read "
+            "empty, with a warning, so a hung tesseract cannot hang an unattended run."
+        },
+    )
     num_grid_images: int = field(default=16, metadata={"help": "Samples shown in samples.png (0: no grid)."})
     output_dir: str = field(
         default="outputs/evaluate-text-render",
@@ -199,6 +206,7 @@ def main(args: EvaluationArguments) -> dict:
         seed=args.seed,
         ocr_psm=args.ocr_psm if args.ocr_psm is not None else DEFAULT_OCR_PSM[dataset_format],
         ocr_upscale=args.ocr_upscale,
+        ocr_timeout=args.ocr_timeout,
         ocr_backend=args.ocr_backend,
         clip_model=args.clip_model,
         num_grid_images=args.num_grid_images,

@@ -3,8 +3,12 @@ A tesseract that hangs or answers garbage costs the images it was reading, never
 stand in for the faults.
 """
 
+import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytesseract
@@ -60,3 +64,21 @@ def test_a_tesseract_that_hangs_on_version_fails_the_start_within_the_timeout(tm
     with pytest.raises(RuntimeError, match=rf"`{fake} --version` did not answer within 0.5 s"):
         check_tesseract(timeout=0.5)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("fault", ["hang", "not utf-8"])
+def test_the_evaluation_recipe_survives_a_hung_or_garbage_tesseract_and_writes_every_sample(tmp_path, fault):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "tesseract"
+    fake.write_text("#!/bin/sh\n" + VERSION + ("sleep 30\n" if fault == "hang" else OUTPUTS[fault]))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "recipes/evaluate_text_render.py", "--num_samples", "2", "--batch_size", "2"]
+    command += ["--ocr_timeout", "1", "--num_grid_images", "0", "--output_dir", str(tmp_path / "eval")]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in open(tmp_path / "eval" / "samples.jsonl")]
+    assert len(records) == 2
+    expected = "within 1.0 s" if fault == "hang" else "not UTF-8 text"
+    assert expected in result.stderr and "read empty" in result.stderr

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .data.cvtg import _looks_like_local_path
 from .metrics import CLIP_SCORE, NED, WORD_ACCURACY, functional, score_words
 from .models import VARPipeline, sampling_settings
-from .rewards.ocr import OCRWord, check_ocr, ocr_engine_name, read_text
+from .rewards.ocr import OCROutputError, OCRWord, check_ocr, ocr_engine_name, read_text
 from .utils import markdown_table
 from .visualization import make_image_grid
 
@@ -156,12 +156,16 @@ def read_words(
 ) -> list[OCRWord]:
     """
     The words `backend` reads in `image` ([`~trl_var.rewards.ocr.read_text`]); an image not read within `timeout` seconds
-    counts as read empty, with a warning, rather than hanging the evaluation (`0`: wait forever).
+    counts as read empty, with a warning, rather than hanging the evaluation (`0`: wait forever); so does an image
+    whose OCR output is no table of words ([`~trl_var.rewards.ocr.OCROutputError`]), rather than failing it.
     """
     try:
         return read_text(image, backend=backend, upscale=upscale, psm=psm, timeout=timeout)
     except TimeoutError:
         logger.warning(f"OCR ({backend}) did not read an image within {timeout} s: counted as read empty.")
+        return []
+    except OCROutputError as error:
+        logger.warning(f"{error}: the image counts as read empty.")
         return []
 
 
@@ -265,7 +269,7 @@ def evaluate_text_rendering(
     if num_samples is not None and num_samples < len(dataset):
         rows = sorted(np.random.default_rng(seed).permutation(len(dataset))[:num_samples].tolist())
     config = {
-        "model": pipeline.model.config._name_or_path,
+        "model": _resolved_path(pipeline.model.config._name_or_path),
         "model_revision": model_revision(pipeline.model.config),
         "num_rows": len(dataset),
         "num_samples": len(rows),
@@ -391,11 +395,18 @@ def _write_records(
         progress.update(1)
 
 
+def _resolved_path(name_or_path: str) -> str:
+    """A local folder as its resolved absolute path (the same model given as a relative path is the same model)."""
+    return os.path.realpath(name_or_path) if name_or_path and os.path.isdir(name_or_path) else name_or_path
+
+
 def _check_or_write_config(output_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     path = os.path.join(output_dir, CONFIG_FILE)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as file:
             previous = json.load(file)
+        if isinstance(previous.get("model"), str):  # a record written with a relative path
+            previous["model"] = _resolved_path(previous["model"])
         unrecorded = [key for key in config if key not in previous]  # settings an older version did not record
         if unrecorded:
             logger.warning(
