@@ -11,7 +11,15 @@ from trl_var import VARGRPOConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("name", ["text_render_tiny.yaml", "text_render_nextflow.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "text_render_tiny.yaml",
+        "text_render_nextflow.yaml",
+        "text_render_infinity_125m.yaml",
+        "text_render_infinity_2b.yaml",
+    ],
+)
 def test_recipe_configs_parse_into_the_recipe_arguments(name, tmp_path):
     ScriptArguments = load_script("recipes/train_text_render.py").ScriptArguments
 
@@ -26,6 +34,15 @@ def test_recipe_configs_parse_into_the_recipe_arguments(name, tmp_path):
     if name == "text_render_nextflow.yaml":
         assert (args.guidance_scale, args.top_k, args.top_p, args.num_generations) == (5.0, 2, 0.9, 16)
         assert script_args.model_name_or_path is not None
+    if name.startswith("text_render_infinity"):  # Infinity's released sampler: guidance 3, every bit at top-p 0.97
+        assert (args.guidance_scale, args.top_k, args.top_p) == (3.0, 0, 0.97)
+        assert script_args.model_name_or_path.startswith("models/infinity-")  # what the converter wrote
+        assert (
+            args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * (8 if name.endswith("2b.yaml") else 1)
+            == 256
+        )  # the paper's 256 images per update
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "accelerate_configs"))))
