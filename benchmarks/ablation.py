@@ -15,7 +15,9 @@ writes `output_dir/runs/<variant>-seed<k>.json`, which a restart skips (a run fi
 Then come `<results_dir>/<name>.json`, `<name>.png` (word accuracy against updates and against training minutes,
 mean +- sample std over seeds) and the table between the `<name>` markers of `--report`. `--eval_prompts validation`
 scores words of the training distribution that the run keeps out of its RL prompts (`trl_var.data.validation_words`),
-to choose a setting on while the held-out prompts stay for reporting it.
+to choose a setting on while the held-out prompts stay for reporting it. `--ocr_backend ppocr` reads the reward's
+images with PP-OCR instead of Tesseract; `--eval_ocr_backends tesseract ppocr` scores the evaluation's images with
+both engines (the first one's scores are the table's and the plot's, every engine's are in the JSON).
 """
 
 import argparse
@@ -27,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -44,8 +47,10 @@ from trl_var.data import (
     make_word_prompts,
     validation_words,
 )
-from trl_var.evaluation import score_prompts
+from trl_var.evaluation import read_images, score_prompts
+from trl_var.metrics import functional
 from trl_var.rewards import OCRReward
+from trl_var.rewards.ocr import OCR_BACKENDS, OCRBackend
 from trl_var.utils import markdown_table, write_markdown_section
 
 
@@ -65,6 +70,7 @@ VARIANTS = {
 LABELS = {"plain": "plain GRPO", "vmr": "+VMR", "panw": "+PANW", "mp": "+MP", "full": "full (VMR+PANW+MP)"}
 EVAL_PROMPTS = {"heldout": len(HELDOUT_WORDS), "validation": len(validation_words())}  # the kinds and their sizes
 TITLES = {"heldout": "Held-out word accuracy", "validation": "Validation word accuracy"}
+ENGINES = {"tesseract": "Tesseract", "ppocr": "PP-OCR"}
 # Fields every run sets on top of the recipe's config (before the command line, which may change max_steps and
 # output_dir); the ones the script sets itself are refused on the command line, naming what sets them.
 FIXED = {"save_strategy": "no", "report_to": "none", "log_completions": "false", "disable_tqdm": "true"}
@@ -97,13 +103,29 @@ class AblationArguments:
     results_dir: str = field(default=os.path.join(ROOT, "benchmarks", "results"), metadata={"help": "<name>.*"})
     name: str = field(default="ablation", metadata={"help": "Names the results and the table's markers."})
     report: str = field(default=os.path.join(ROOT, "BENCHMARKS.md"), metadata={"help": "Markdown file for the table."})
+    ocr_backend: OCRBackend = field(
+        default="tesseract", metadata={"help": "OCR engine of the reward: tesseract, or ppocr (PP-OCRv6-small)."}
+    )
+    eval_ocr_backends: list[str] = field(
+        default_factory=lambda: ["tesseract"],
+        metadata={"help": "OCR engines that score the evaluation's images, the first one the table's."},
+    )
 
 
 class HeldoutEvaluation(TrainerCallback):
     """Scores the evaluation prompts at update 0 and every `every` updates; times training without the evaluations."""
 
-    def __init__(self, tokenizer, prompts, targets, config: VARGRPOConfig, every: int, samples: int = 1):
-        self.tokenizer, self.config, self.every = tokenizer, config, every
+    def __init__(
+        self,
+        tokenizer,
+        prompts,
+        targets,
+        config: VARGRPOConfig,
+        every: int,
+        samples: int = 1,
+        ocr_backends=("tesseract",),
+    ):
+        self.tokenizer, self.config, self.every, self.ocr_backends = tokenizer, config, every, list(ocr_backends)
         # `samples` images of every prompt, each with its own sampling noise (score_prompts seeds block by block)
         self.prompts, self.targets = list(prompts) * samples, list(targets) * samples
         self.points, self.train_seconds, self._since = [], 0.0, None
@@ -115,10 +137,19 @@ class HeldoutEvaluation(TrainerCallback):
         pipeline = VARPipeline(model, self.tokenizer)
         # the same sampling noise for every run and every point: only the model differs
         sampling = self.config.sampling_kwargs(evaluation=True)
-        scores = score_prompts(pipeline, self.prompts, self.targets, seed=1234, **sampling)
+        first, *others = self.ocr_backends
+        scores = score_prompts(pipeline, self.prompts, self.targets, seed=1234, ocr_backend=first, **sampling)
         model.train(was_training)
         point = {"update": step, "train_seconds": round(self.train_seconds, 2)}
         point |= {"word_accuracy": scores["word_accuracy"], "ned": scores["ned"]}
+        if others:  # the same images read by every engine
+            point["by_ocr"] = {first: {"word_accuracy": scores["word_accuracy"], "ned": scores["ned"]}}
+            for backend in others:
+                predictions = read_images(scores["images"], backend=backend)
+                point["by_ocr"][backend] = {
+                    "word_accuracy": functional.word_accuracy(predictions, self.targets),
+                    "ned": functional.ned(predictions, self.targets),
+                }
         self.points.append(point)
         print(json.dumps(point), flush=True)
         self._since = time.perf_counter()
@@ -164,6 +195,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AblationArguments, VARGRP
         parser.error(f"--{name}: {SCRIPT_FIELDS[name]} in this script, not on the command line.")
     for name in set(args.variants) - VARIANTS.keys():
         parser.error(f"--variants: {name!r} is none of {list(VARIANTS)}.")
+    for name in args.eval_ocr_backends:
+        if name not in OCR_BACKENDS:
+            parser.error(f"--eval_ocr_backends: {name!r} is none of {list(OCR_BACKENDS)}.")
     counts = {k: getattr(args, k) for k in ("eval_every", "num_eval_prompts", "eval_samples", "num_prompts")}
     counts["max_steps"] = config.max_steps
     for name, value in counts.items():
@@ -194,6 +228,8 @@ def run_settings(args: AblationArguments, config: VARGRPOConfig, overrides: dict
         # keys only where they apply, so that run files made before these options existed still match
         **({"validation_words": "excluded from training"} if args.eval_prompts == "validation" else {}),
         **({"eval_samples": args.eval_samples} if args.eval_samples != 1 else {}),
+        **({"ocr_backend": args.ocr_backend} if args.ocr_backend != "tesseract" else {}),
+        **({"eval_ocr_backends": args.eval_ocr_backends} if args.eval_ocr_backends != ["tesseract"] else {}),
     }
 
 
@@ -206,10 +242,12 @@ def run(variant: str, seed: int, args: AblationArguments, base: VARGRPOConfig) -
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
     prompts, targets = evaluation_prompts(args.eval_prompts, args.num_eval_prompts, args.word_length)
-    evaluation = HeldoutEvaluation(tokenizer, prompts, targets, config, args.eval_every, args.eval_samples)
+    evaluation = HeldoutEvaluation(
+        tokenizer, prompts, targets, config, args.eval_every, args.eval_samples, args.eval_ocr_backends
+    )
     trainer = VARGRPOTrainer(
         model=AutoModel.from_pretrained(args.model),
-        reward_funcs=OCRReward(),
+        reward_funcs=OCRReward(backend=args.ocr_backend),
         args=config,
         train_dataset=training_dataset(args, seed),
         processing_class=tokenizer,
@@ -236,25 +274,38 @@ def summarize(runs: list[dict]) -> dict:
         curve = []
         for points in zip(*(r["points"] for r in mine)):  # as many points as the shortest run has
             accuracies, neds = [p["word_accuracy"] for p in points], [p["ned"] for p in points]
-            curve.append(
-                {
-                    "update": points[0]["update"],
-                    "train_seconds": statistics.mean(p["train_seconds"] for p in points),
-                    "word_accuracy": statistics.mean(accuracies),
-                    "word_accuracy_std": statistics.stdev(accuracies) if len(mine) > 1 else 0.0,
-                    "ned": statistics.mean(neds),
-                    "ned_std": statistics.stdev(neds) if len(mine) > 1 else 0.0,
+            point = {
+                "update": points[0]["update"],
+                "train_seconds": statistics.mean(p["train_seconds"] for p in points),
+                "word_accuracy": statistics.mean(accuracies),
+                "word_accuracy_std": statistics.stdev(accuracies) if len(mine) > 1 else 0.0,
+                "ned": statistics.mean(neds),
+                "ned_std": statistics.stdev(neds) if len(mine) > 1 else 0.0,
+            }
+            if "by_ocr" in points[0]:  # scored by several engines (the runs of one summary share their settings)
+                point["by_ocr"] = {
+                    backend: {key: statistics.mean(p["by_ocr"][backend][key] for p in points) for key in scores}
+                    for backend, scores in points[0]["by_ocr"].items()
                 }
-            )
+            curve.append(point)
         summary[variant] = {"seeds": sorted(r["seed"] for r in mine), "curve": curve}
     return summary
 
 
-def table(summary: dict, max_steps: int, prompts="heldout", overrides: dict | None = None, samples: int = 1) -> str:
+def table(
+    summary: dict,
+    max_steps: int,
+    prompts="heldout",
+    overrides: dict | None = None,
+    samples: int = 1,
+    ocr_backend: str = "tesseract",
+    eval_ocr_backends: Sequence[str] = ("tesseract",),
+) -> str:
     base = next(iter(summary.values()))["curve"][0]
     num_seeds = len(next(iter(summary.values()))["seeds"])
     per_prompt = f", {samples} images per prompt" if samples > 1 else ""
     changed = ", ".join(f"`{key}={value}`" for key, value in (overrides or {}).items())
+    others = list(eval_ocr_backends[1:])  # engines that score the same images beside the first: a column each
     rows = []
     for variant, entry in summary.items():
         last, first = entry["curve"][-1], entry["curve"][0]
@@ -270,13 +321,23 @@ def table(summary: dict, max_steps: int, prompts="heldout", overrides: dict | No
                 f"{best['word_accuracy']:.3f} ({best['update']}, {best['train_seconds'] / 60:.1f} min)",
             ]
         )
+        for backend in others:
+            accuracy, start = last["by_ocr"][backend]["word_accuracy"], first["by_ocr"][backend]["word_accuracy"]
+            rows[-1].append(f"{accuracy:.3f} ({accuracy - start:+.3f})")
     header = ["variant", "seeds", "word accuracy", "gain over base", "NED", "training wall-clock"]
+    header += ["best point (update, minutes)", *(f"read by {ENGINES[backend]} (gain)" for backend in others)]
+    engines = ""
+    if ocr_backend != "tesseract" or list(eval_ocr_backends) != ["tesseract"]:
+        engines = f" The reward reads with {ENGINES[ocr_backend]}, the scores with {ENGINES[eval_ocr_backends[0]]}"
+        engines += (
+            f" (the last columns: the same images read by {', '.join(ENGINES[b] for b in others)})." if others else "."
+        )
     return (
         f"{TITLES[prompts]} / NED ({num_seeds} seed{'s' if num_seeds > 1 else ''}, mean +- sample std{per_prompt}), "
         f"after {max_steps} optimizer updates from the shipped checkpoint"
         f"{f' with the recipe changed by {changed}' if changed else ''} (base: word accuracy "
-        f"{base['word_accuracy']:.3f}, NED {base['ned']:.3f}).\n\n"
-        + markdown_table([*header, "best point (update, minutes)"], rows)
+        f"{base['word_accuracy']:.3f}, NED {base['ned']:.3f}).{engines}\n\n"
+        + markdown_table(header, rows)
         + "\n\nThe best point is picked on the curve of the same prompts it is scored on: an optimistic figure, shown "
         "to tell a peak from a plateau, not a result."
     )
@@ -332,7 +393,15 @@ def write_outputs(summary: dict, runs: list[dict], args: AblationArguments, conf
     figure.paste(by_update, (0, 0))
     figure.paste(by_time, (by_update.width, 0))
     figure.save(os.path.join(args.results_dir, f"{args.name}.png"))
-    text = table(summary, config.max_steps, args.eval_prompts, overrides, args.eval_samples)
+    text = table(
+        summary,
+        config.max_steps,
+        args.eval_prompts,
+        overrides,
+        args.eval_samples,
+        args.ocr_backend,
+        args.eval_ocr_backends,
+    )
     write_markdown_section(args.report, args.name, text, f"{args.name} (`benchmarks/ablation.py --name {args.name}`)")
     print(text)
 

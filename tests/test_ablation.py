@@ -191,8 +191,10 @@ def test_a_changed_field_reaches_every_run_with_the_variants_switches(tmp_path, 
         pass
 
     def train(trainer):
-        config = trainer.args
-        raise Started(config.per_device_train_batch_size, config.seed, config.output_dir, config.panw_alpha)
+        config, reward = trainer.args, trainer.reward_funcs[0]
+        raise Started(
+            config.per_device_train_batch_size, config.seed, config.output_dir, config.panw_alpha, reward.backend
+        )
 
     monkeypatch.setattr(ablation.VARGRPOTrainer, "train", train)
     argv = ["--variants", "plain", "--seeds", "3", "--per_device_train_batch_size", "32", "--panw_alpha", "0.6"]
@@ -201,7 +203,10 @@ def test_a_changed_field_reaches_every_run_with_the_variants_switches(tmp_path, 
     with pytest.raises(Started) as started:
         ablation.main([*argv[:-2], "--name", "confirm", "--output_dir", str(tmp_path)])
     output_dir = str(tmp_path / "checkpoints" / "plain-seed3")
-    assert started.value.args == (32, 3, output_dir, 0.0)
+    assert started.value.args == (32, 3, output_dir, 0.0, "tesseract")
+    with pytest.raises(Started) as started:  # the reward's engine
+        ablation.main([*argv[:-2], "--ocr_backend", "ppocr", "--output_dir", str(tmp_path / "ppocr")])
+    assert started.value.args[-1] == "ppocr"
 
 
 def test_table_names_the_settings_changed_from_the_recipe():
@@ -247,3 +252,66 @@ def test_plot_draws_each_variant_in_its_colour_over_a_band():
     y_curve = round(bottom - (bottom - top) * 0.5)
     tint = image.getpixel((right - 2, y_curve + 12))
     assert tint != (255, 255, 255) and all(c > p for c, p in zip(tint, ablation.COLORS["plain"]) if p < 200)
+
+
+def test_ocr_engines_are_run_settings_only_where_they_are_not_tesseract(capsys):
+    def settings(*argv):
+        return ablation.run_settings(*ablation.parse_args(list(argv)))
+
+    # runs made before these options read and scored with Tesseract: their settings (and files) still match
+    assert not {"ocr_backend", "eval_ocr_backends"} & settings().keys()
+    assert settings("--ocr_backend", "tesseract", "--eval_ocr_backends", "tesseract") == settings()
+    chosen = settings("--ocr_backend", "ppocr", "--eval_ocr_backends", "tesseract", "ppocr")
+    assert (chosen["ocr_backend"], chosen["eval_ocr_backends"]) == ("ppocr", ["tesseract", "ppocr"])
+    with pytest.raises(SystemExit):
+        ablation.main(["--eval_ocr_backends", "tesseract", "paddle"])
+    assert "--eval_ocr_backends: 'paddle' is none of ['tesseract', 'ppocr']" in capsys.readouterr().err
+
+
+def test_evaluation_reads_the_same_images_with_every_engine_the_first_one_the_points_scores(monkeypatch):
+    images = ["image-A", "image-B"]
+    seen = {}
+
+    def score_prompts(pipeline, prompts, targets, seed, ocr_backend, **sampling):
+        seen["score_prompts"] = ocr_backend
+        return {"word_accuracy": 0.5, "ned": 0.75, "images": images}
+
+    def read_images(read, backend):
+        seen["read_images"] = (read, backend)
+        return ["A", "B"]  # both read right
+
+    monkeypatch.setattr(ablation, "score_prompts", score_prompts)
+    monkeypatch.setattr(ablation, "read_images", read_images)
+    monkeypatch.setattr(ablation, "VARPipeline", lambda model, tokenizer: None)
+    _, config, _ = ablation.parse_args([])
+    evaluation = ablation.HeldoutEvaluation(
+        None, ["p1", "p2"], ["A", "B"], config, 5, ocr_backends=["tesseract", "ppocr"]
+    )
+    evaluation.evaluate(torch.nn.Linear(1, 1), step=0)
+    assert seen == {"score_prompts": "tesseract", "read_images": (images, "ppocr")}
+    (point,) = evaluation.points
+    assert (point["word_accuracy"], point["ned"]) == (0.5, 0.75)
+    assert point["by_ocr"] == {
+        "tesseract": {"word_accuracy": 0.5, "ned": 0.75},
+        "ppocr": {"word_accuracy": 1.0, "ned": 1.0},
+    }
+
+
+def test_table_adds_a_column_for_each_further_scoring_engine_and_names_the_rewards():
+    runs = [_run("full", seed, [0.2, 0.4, 0.6]) for seed in (0, 1)]
+    for run, ppocr in zip(runs, ([0.3, 0.5, 0.7], [0.3, 0.6, 0.9])):
+        for point, accuracy in zip(run["points"], ppocr):
+            point["by_ocr"] = {
+                "tesseract": {"word_accuracy": point["word_accuracy"], "ned": point["ned"]},
+                "ppocr": {"word_accuracy": accuracy, "ned": 0.9},
+            }
+    summary = ablation.summarize(runs)
+    assert summary["full"]["curve"][-1]["by_ocr"]["ppocr"] == {"word_accuracy": pytest.approx(0.8), "ned": 0.9}
+    text = ablation.table(summary, 20, ocr_backend="ppocr", eval_ocr_backends=["tesseract", "ppocr"])
+    assert (
+        "The reward reads with PP-OCR, the scores with Tesseract (the last columns: the same images read by PP-OCR)."
+        in text
+    )
+    assert "| best point (update, minutes) | read by PP-OCR (gain) |" in text
+    assert "| 0.600 (20, 1.0 min) | 0.800 (+0.500) |" in text
+    assert "reads with" not in ablation.table(summary, 20)  # Tesseract for both: as before these options
