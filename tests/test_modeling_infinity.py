@@ -192,6 +192,13 @@ def test_continuations_share_their_prefix(tiny_infinity, tokenizer):
         tiny_infinity.generate(state=full.state, guidance_scale=1.0)
 
 
+def test_sampling_does_not_cache_the_last_scale(tiny_infinity, tokenizer):
+    input_ids, attention_mask = _prompts(tokenizer)
+    out = tiny_infinity.generate(input_ids, attention_mask, guidance_scale=3.0)
+    # every scale but the last (16 tokens): nothing reads the last scale's keys and values
+    assert out.state.cache.get_seq_length() == OFFSETS[-2] == 30 - 16
+
+
 def test_top_p_removes_the_less_likely_value_of_a_bit():
     logits = torch.tensor([[0.0, math.log(9.0)], [0.0, 0.0]])  # p(1) = 0.9; a tie
     generator = torch.Generator().manual_seed(0)

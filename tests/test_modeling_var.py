@@ -109,6 +109,14 @@ def test_continuations_share_the_prefix_and_reuse_its_cache(tiny_model, char_tok
     torch.testing.assert_close(logprobs, full.logprobs, atol=1e-5, rtol=0)
 
 
+def test_sampling_does_not_cache_the_last_scale(tiny_model, char_tokenizer):
+    input_ids, attention_mask = _prompts(char_tokenizer)
+    out = tiny_model.generate(input_ids, attention_mask, guidance_scale=3.0)
+    # the text and every scale but the last (64 tokens): nothing reads the last scale's keys and values
+    assert out.state.cache.get_seq_length() == input_ids.shape[1] + 85 - 64
+    assert out.state.cache.layers[0].keys.shape[0] == 6  # both guidance branches
+
+
 def test_non_square_schedule(char_tokenizer):
     config = tiny_var_config(sample_size=[16, 32], scale_schedule=((1, 2), (2, 3), (4, 8), (8, 16)))
     model = VARForImageGeneration(config).eval()

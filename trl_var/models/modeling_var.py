@@ -32,7 +32,7 @@ from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
 from .configuration_var import VARConfig
 from .modeling_utils import FrozenSubmodulesMixin
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
-from .sampling import GenerationConfigHooks, guidance_at, sampling_settings
+from .sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 
 
 @dataclass
@@ -397,8 +397,10 @@ class VARForImageGeneration(VARPreTrainedModel):
         batch_size = state.f_hat.shape[0]
         for t in range(state.next_scale, num_scales):
             # 3a. Logits of scale t's positions: rows [0, B) read the prompt, rows [B, 2B) (guided) the empty prompt.
+            # The last scale's keys and values are never read again: it attends over the cache without storing them.
             embeds, mask, positions = self._scale_inputs(state, t, input_ids)
-            hidden = self._backbone(embeds, mask, positions, cache=state.cache)[:, -self.scale_token_counts[t] :]
+            cache = ReadOnlyCache(state.cache) if 0 < t == num_total - 1 else state.cache
+            hidden = self._backbone(embeds, mask, positions, cache=cache)[:, -self.scale_token_counts[t] :]
             logits = self.image_head(hidden).float()
 
             # 3b. Classifier-free guidance.

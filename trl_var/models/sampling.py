@@ -1,14 +1,16 @@
 """
 Sampling settings shared by every model family: their names, how a `generate` call resolves them against the
-model's `generation_config`, the guidance schedule, and the hooks that save and load `generation_config` with a model
-whose `generate` is its own.
+model's `generation_config`, the guidance schedule, the hooks that save and load `generation_config` with a model
+whose `generate` is its own, and the read-only view of the KV cache that the last scale attends through.
 
 The settings have one home: `model.generation_config`, saved with the model as generation_config.json, which
 `generate` reads for every setting not given; the pipeline, the evaluation and the trainer forward them as
 `**sampling`.
 """
 
+import torch
 from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
 
 
 # The settings of `generate` that shape the sampling distribution, in the order every layer lists them.
@@ -53,6 +55,21 @@ def guidance_at(scale_index: int, num_scales: int, guidance_scale: float, guidan
     if guidance_schedule == "linear":
         return 1.0 + (guidance_scale - 1.0) * scale_index / max(num_scales - 1, 1)
     return guidance_scale
+
+
+class ReadOnlyCache:
+    """
+    A [`DynamicCache`] read through its `update` without being written: a layer's cached keys and values followed by
+    the new ones. The last scale of `generate` attends through it, since no later pass reads that scale's keys and
+    values; each layer's concatenation is freed after its attention, where the cache would keep all of them.
+    """
+
+    def __init__(self, cache: DynamicCache):
+        self.cache = cache
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.cache.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
 
 class GenerationConfigHooks:

@@ -47,7 +47,7 @@ from transformers.utils import ModelOutput
 
 from ..block_attention import BlockCausalLayout, block_causal_attention
 from ..modeling_utils import FrozenSubmodulesMixin
-from ..sampling import GenerationConfigHooks, guidance_at, sampling_settings
+from ..sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 from .bsq_vae import InfinityVAEDecoder
 from .configuration_infinity import InfinityConfig
 
@@ -682,9 +682,11 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
                 if guided:
                     x = torch.cat([x, x])
             x = x + self.lvl_embed.weight[t]
-            # every cached key belongs to an earlier scale, so no mask
+            # every cached key belongs to an earlier scale, so no mask; the last scale's keys and values are never
+            # read again, so it attends over the cache without storing them
+            cache = ReadOnlyCache(state.cache) if 0 < t == num_total - 1 else state.cache
             hidden = self._run_blocks(
-                x, state.condition, state.text_states, state.text_mask, offsets[t], offsets[t + 1], cache=state.cache
+                x, state.condition, state.text_states, state.text_mask, offsets[t], offsets[t + 1], cache=cache
             )
             logits = self._bit_logits(hidden, state.condition).float() / temperature
             cond_logits = logits[:batch_size]
