@@ -16,12 +16,11 @@ Assumptions:
 - Rollouts use classifier-free guidance: every sampled row has an unconditional twin (2x rows, FLOPs and KV cache).
 - FLOPs: 2 x matmul params x tokens (transformer layers on every sequence token, image head and image embedding on
   image tokens) + 4 x layers x q_dim x attended (query, key) pairs, counted exactly for the block-causal pattern.
-  KV-cached sampling attends the same pairs as one teacher-forced pass. NextFlow's block-causal attention (one SDPA
-  call per scale over its key prefix, trl_var/models/block_attention.py) computes about the counted pairs; Infinity's
-  dense (S, S) mask makes SDPA compute the full square, ~2x the counted FLOPs of a teacher-forced pass. Loss pass = forward +
-  backward = 3x forward; activation checkpointing adds one forward (used only where the batch does not fit without
-  it). Reference pass (1 forward) only with beta > 0. No old-log-prob pass: generation and updates are aligned (TRL
-  skips it).
+  KV-cached sampling attends the same pairs as one teacher-forced pass. The block-causal attention of both families
+  (one SDPA call per scale over its key prefix, trl_var/models/block_attention.py) computes about the counted pairs.
+  Loss pass = forward + backward = 3x forward; activation checkpointing adds one forward (used only where the batch
+  does not fit without it). Reference pass (1 forward) only with beta > 0. No old-log-prob pass: generation and
+  updates are aligned (TRL skips it).
 - NextFlow: the prompt (128 tokens) is a causal prefix of the sequence. Infinity: the prompt is outside the sequence:
   the frozen T5 encoder (flan-t5-xl, forward only, its own attention not counted: ~1% of its FLOPs at 128 tokens)
   encodes it once per row and pass (sampling encodes each sampled prompt row once; the null text of the guided twin
@@ -48,13 +47,13 @@ Assumptions:
   normalized and modulated outputs, the cross-attention norm's input and output, the two gated branch outputs) +
   22 q_dim (self-attention: q, k, v, normalized q, rotated q and k, output, proj input; cross-attention: q, output,
   proj input) + 4 I (fc1 output, GELU output); the prompt's cross-attention keys/values (under 2% here) are not
-  counted. Checkpointing keeps each layer's input (2h) + one layer recomputed. NextFlow needs no S x S mask;
-  Infinity's (S, S) boolean mask is one per pass, which SDPA turns into a bf16 bias that every layer keeps for backward
-  (one layer with checkpointing). Logits: bf16 head output, fp32 copy for the log-softmax/entropy,
-  fp32 and bf16 gradients: 12 B per (token, logit); a token has codebook-size logits (NextFlow) or 2 per bit
-  (Infinity). The S x S attention probabilities of SDPA's math fallback would not fit at all: not modelled.
-- Sampling (last scale): KV cache layers x 2 x kv_heads x head_dim x S x rows x 2 B (S: prompt + image tokens for
-  NextFlow, image tokens for Infinity), + the larger of the backbone's working set (NextFlow 10h + 6I, Infinity
+  counted. Checkpointing keeps each layer's input (2h) + one layer recomputed. Neither family builds an S x S mask
+  (block-causal attention over each scale's key prefix). Logits: bf16 head output, fp32 copy for the
+  log-softmax/entropy, fp32 and bf16 gradients: 12 B per (token, logit); a token has codebook-size logits (NextFlow)
+  or 2 per bit (Infinity). The S x S attention probabilities of SDPA's math fallback would not fit at all: not modelled.
+- Sampling (last scale): KV cache layers x 2 x kv_heads x head_dim x S' x rows x 2 B (S': prompt + image tokens for
+  NextFlow, image tokens for Infinity, but the last scale's: it attends over the cache without storing its own keys and
+  values), + the larger of the backbone's working set (NextFlow 10h + 6I, Infinity
   10h + 4I B/token, + one layer's K/V copied), the logits (both CFG branches bf16 and fp32, + 3 fp32 working copies:
   24 B per (token, logit) per image) and the decode (4 activations of the decoder's largest size, bf16, per image;
   the whole batch is decoded at once while the cache is still alive). Infinity's text states (rows x prompt x h) are
@@ -122,7 +121,6 @@ class ModelShape:
     text_matmul_params: int = 0  # trainable linears applied to every prompt token once per teacher-forced pass
     cross_kv_matmul_params: int = 0  # the part of them that sampling applies again at every scale
     text_encoder_matmul_params: int = 0  # frozen encoder linears applied to every prompt token once per row and pass
-    shared_mask: bool = False  # the loss pass builds one (S, S) boolean mask (Infinity); False: no S x S mask
 
 
 def decoder_cost(decoder: nn.Module, decode, latents: torch.Tensor) -> tuple[float, float]:
@@ -235,7 +233,6 @@ def infinity_shape(model: InfinityForImageGeneration) -> ModelShape:
         text_matmul_params=text_side,
         cross_kv_matmul_params=cross_kv,
         text_encoder_matmul_params=linear_weights(model.text_encoder),
-        shared_mask=True,
     )
 
 
@@ -335,22 +332,12 @@ def training_bytes(shape: ModelShape, seq_len: int, image_tokens: int, checkpoin
     return {"activations": seq_len * per_token, "logits": logits}
 
 
-def pass_bytes(shape: ModelShape, seq_len: int, checkpointing: bool) -> int:
-    """
-    What a loss pass holds once whatever its batch: the bf16 attention bias SDPA makes of a shared (S, S) boolean mask,
-    kept by every layer for backward (by the one recomputed layer with checkpointing).
-    """
-    if not shape.shared_mask:
-        return 0
-    return (1 if checkpointing else shape.layers) * seq_len * seq_len * 2
-
-
 def sampling_bytes(shape: ModelShape, prompt_tokens: int, rows: int, continuations: int) -> dict:
     """Sampling `rows` prompts with guidance, `continuations` images each, then decoding them all at once."""
     seq_len = sequence_tokens(shape, prompt_tokens, sum(shape.scale_tokens))
     last, images = shape.scale_tokens[-1], rows * continuations
     parts = {
-        "kv_cache": kv_cache_bytes(shape.layers, shape.kv_heads, shape.head_dim, seq_len, 2 * images),
+        "kv_cache": kv_cache_bytes(shape.layers, shape.kv_heads, shape.head_dim, seq_len - last, 2 * images),
         "working": 2 * images * (last * shape.sampling_token_bytes + 4 * shape.q_dim * seq_len),
         "logits": images * last * shape.logits_per_token * SAMPLING_LOGIT_BYTES,
         "decode": images * shape.decode_bytes,
@@ -404,7 +391,6 @@ def plan_rows(shape: ModelShape, args) -> list[dict]:
     image_tokens = sum(shape.scale_tokens)
     seq_len, budget, rows = sequence_tokens(shape, args.prompt_tokens, image_tokens), args.gpu_memory_gb * GB, []
     per_sequence = {ckpt: sum(training_bytes(shape, seq_len, image_tokens, ckpt).values()) for ckpt in (True, False)}
-    per_pass = {ckpt: pass_bytes(shape, seq_len, ckpt) for ckpt in (True, False)}
     per_prompt = sampling_bytes(shape, args.prompt_tokens, 1, args.continuations)["peak"]
     per_image = sampling_bytes(shape, args.prompt_tokens, 1, 1)["peak"]
     # ZeRO-3 / FSDP working set: the root unit (all but the wrapped units) and two of the largest units, bf16
@@ -420,10 +406,7 @@ def plan_rows(shape: ModelShape, args) -> list[dict]:
             if strategy == "zero3":  # ds3_gather_for_generation: the whole model is gathered for sampling
                 rollout_fixed += 2 * shape.total_params - gathered
             share = math.ceil(args.prompts * args.group_size / n)  # images per GPU per update
-            micro = {
-                c: min(largest_fitting(budget, train_fixed + per_pass[c], per_sequence[c]), share)
-                for c in (True, False)
-            }
+            micro = {c: min(largest_fitting(budget, train_fixed, per_sequence[c]), share) for c in (True, False)}
             checkpointing = micro[False] == 0
             batch = micro[checkpointing]
             rollout_rows = min(largest_fitting(budget, rollout_fixed, per_prompt), share)
@@ -446,10 +429,7 @@ def plan_rows(shape: ModelShape, args) -> list[dict]:
                     "micro_batch_no_checkpointing": micro[False],
                     "checkpointing": checkpointing,
                     "grad_accum": math.ceil(share / batch) if batch else None,
-                    "train_peak_gb": (
-                        train_fixed + per_pass[checkpointing] + max(batch, 1) * per_sequence[checkpointing]
-                    )
-                    / GB,
+                    "train_peak_gb": (train_fixed + max(batch, 1) * per_sequence[checkpointing]) / GB,
                     "rollout_fixed_gb": rollout_fixed / GB,
                     "rollout_rows": rollout_rows,
                     "rollout_peak_gb": (rollout_fixed + max(rollout_rows, 1) * per_prompt) / GB,
@@ -500,7 +480,6 @@ def main(argv=None) -> dict:
         "text_encoder_tflops_per_prompt": text_encoder_flops(shape, args.prompt_tokens) / 1e12,
         "decode_tflops_per_image": shape.decode_flops / 1e12,
         **{f"train_{name}_gb_per_sequence": value / GB for name, value in training.items()},
-        "train_shared_mask_gb_per_pass": pass_bytes(shape, seq_len, checkpointing=False) / GB,
         **{f"sampling_{k}_gb_per_image": v / GB for k, v in sampling_bytes(shape, args.prompt_tokens, 1, 1).items()},
     }
     plan = {
