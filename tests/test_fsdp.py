@@ -37,13 +37,14 @@ def launch_fsdp_probe(output_dir, family):
         family,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(ROOT, "tests"), env.get("PYTHONPATH")]))  # conftest
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(output_dir / "fsdp.json") as f:
         return json.load(f)
 
 
-@pytest.mark.parametrize("family", ["var"])  # the keys of MODELS in tests/scripts/fsdp_probe.py
+@pytest.mark.parametrize("family", ["var", "infinity"])  # the keys of MODELS in tests/scripts/fsdp_probe.py
 def test_fsdp_training_matches_one_process_on_the_same_rollouts(tmp_path, family):
     # 4 updates of 8 images (2 processes x 4) with VMR (a prefix round, then a suffix round, 2 updates each), PANW,
     # Mask Propagation (a region-providing reward) and a KL term; sampling and decoding under FSDP2 with even the
@@ -82,5 +83,7 @@ def test_fsdp_training_matches_one_process_on_the_same_rollouts(tmp_path, family
     sharded_weights = torch.load(tmp_path / "weights_fsdp.pt")
     single_weights = torch.load(tmp_path / "weights_single.pt")
     assert sharded_weights.keys() == single_weights.keys()
+    # a tenth of one Adam step (learning rate 1e-3): Adam divides by sqrt(v) + eps, which magnifies float-level
+    # gradient differences where a gradient is near zero; the losses and gradient norms above are the tight check
     for name, weight in single_weights.items():
-        torch.testing.assert_close(sharded_weights[name], weight, rtol=0, atol=2e-5, msg=name)
+        torch.testing.assert_close(sharded_weights[name], weight, rtol=0, atol=1e-4, msg=name)

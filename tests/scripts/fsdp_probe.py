@@ -14,17 +14,14 @@ import sys
 import torch
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
+from conftest import randomize_infinity_, tiny_infinity_config, tiny_var_config  # tests/ is on PYTHONPATH
 from datasets import Dataset
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for conftest
-
-from conftest import tiny_var_config  # noqa: E402
-
-from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer, build_char_tokenizer  # noqa: E402
+from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer, build_char_tokenizer
+from trl_var.models.infinity import InfinityForImageGeneration
 
 
 def tiny_var():
@@ -35,8 +32,14 @@ def tiny_var():
     return model, tokenizer
 
 
+def tiny_infinity():
+    """The Infinity family: 2 blocks of width 32 over 4 scales (30 tokens of 4 bits), a 1-layer T5, 8 px images."""
+    torch.manual_seed(0)
+    return randomize_infinity_(InfinityForImageGeneration(tiny_infinity_config())), build_char_tokenizer()
+
+
 # model family -> a function building a tiny policy (same weights on every call) and its processing class
-MODELS = {"var": tiny_var}
+MODELS = {"var": tiny_var, "infinity": tiny_infinity}
 
 
 def token_reward(prompts, completions, completion_ids, **kwargs):
@@ -118,7 +121,7 @@ def main(output_dir: str, mode: str, family: str = "var"):
     model, processing_class = MODELS[family]()
     world = int(os.environ.get("WORLD_SIZE", 1))
     args = VARGRPOConfig(
-        output_dir=output_dir,
+        output_dir=os.path.join(output_dir, mode),  # a run folder each: their settings differ (the batch per process)
         num_generations=4,
         per_device_train_batch_size=8 // world,  # 8 images (2 prompts) per update, however many processes
         max_steps=4,

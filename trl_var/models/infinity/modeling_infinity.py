@@ -466,7 +466,9 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         return ends.index(num_tokens) + 1
 
     def get_input_embeddings(self):
-        return self.text_encoder.get_input_embeddings()
+        # the input layer of the generated tokens (their codes -> hidden); T5's embeddings belong to the frozen encoder
+        # and are tied inside it, so they must not be carved out on their own (FSDP would see the weight twice)
+        return self.word_embed
 
     def get_output_embeddings(self):
         return self.head
