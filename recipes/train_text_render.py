@@ -12,7 +12,7 @@ With no arguments it fine-tunes the tiny pretrained model shipped in `recipes/mo
 `AutoModel.from_pretrained` after `import trl_var`) and writes `before_after.png`: samples of the same held-out
 prompts before and after training, with what Tesseract read. An interrupted run resumes from the last complete
 checkpoint in `output_dir` when started again; a run with other settings into the same `output_dir`, or a second
-training into it while one is running, is refused (trl_var/trainer/run_folder.py).
+training into it while one is running, is refused (`VARGRPOTrainer.train`, trl_var/trainer/run_folder.py).
 """
 
 import argparse
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
@@ -31,14 +32,14 @@ from trl_var.data import extract_quoted_spans, make_heldout_dataset, make_text_r
 from trl_var.data.loading import load_dataset_from
 from trl_var.evaluation import score_prompts
 from trl_var.rewards import OCRReward
-from trl_var.trainer.preflight import check_enough_prompts, create_hub_repository, load_policy, warn_unknown_characters
-from trl_var.trainer.run_folder import (
-    check_checkpoint,
-    check_run_settings,
-    last_good_checkpoint,
-    lock_output_dir,
-    training_settings,
+from trl_var.trainer.preflight import (
+    check_enough_prompts,
+    check_prefix_scales,
+    create_hub_repository,
+    load_policy,
+    warn_unknown_characters,
 )
+from trl_var.trainer.run_folder import check_run_settings, lock_output_dir, training_settings
 from trl_var.visualization import make_image_grid
 
 
@@ -142,7 +143,7 @@ def reward_targets(reward: OCRReward, dataset) -> list[list[str]]:
     is named here.
     """
     columns = {name: dataset[name] for name in dataset.column_names if name != "prompt"}
-    targets = reward._targets(dataset["prompt"], columns)
+    targets = reward.targets(dataset["prompt"], **columns)
     for row, (prompt, words) in enumerate(zip(dataset["prompt"], targets, strict=True)):
         if not words:
             raise ValueError(
@@ -155,7 +156,10 @@ def reward_targets(reward: OCRReward, dataset) -> list[list[str]]:
 def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
     set_seed(training_args.seed)
     output_dir = training_args.output_dir
-    if training_args.should_save:  # one training at a time per folder, with the settings of the run that made it
+    check_prefix_scales(script_args.model_name_or_path, training_args.vmr_prefix_scales)  # before anything is written
+    if training_args.should_save:
+        # `VARGRPOTrainer.train` locks the folder and checks the training settings; done here too, it fails before the
+        # model loads, and records the script's own settings
         lock_output_dir(output_dir)
         check_run_settings(
             output_dir, {"training": training_settings(training_args), "script": script_settings(script_args)}
@@ -197,16 +201,9 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
     if main_process and prompts:
         before = heldout_scores(model.eval(), tokenizer, prompts, targets, training_args, script_args)
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is not None:
-        problem = check_checkpoint(checkpoint)
-        if problem is not None:
-            raise ValueError(f"Cannot resume from --resume_from_checkpoint {checkpoint}: {problem}.")
-    else:
-        checkpoint = last_good_checkpoint(output_dir)
-        if checkpoint is not None:
-            logger.warning(f"Resuming from {checkpoint} (the last complete checkpoint in {output_dir}).")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    # a rerun resumes; the trainer takes the last complete checkpoint, skipping one a kill left half-written
+    has_checkpoint = os.path.isdir(output_dir) and get_last_checkpoint(output_dir) is not None
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or has_checkpoint)
 
     if main_process and prompts:  # the report is written before `save_model` pushes, so a failed push keeps it
         model = trainer.accelerator.unwrap_model(trainer.model).eval()
@@ -222,7 +219,11 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
 
 
 def write_report(label: str, prompts: list[str], before: dict, after: dict, shown: int, output_dir: str) -> None:
-    """Writes before_after.json (and before_after.png, with `shown` prompts) and prints the before/after scores."""
+    """
+    Writes before_after.json (and before_after.png, with `shown` prompts) and prints the before/after scores, with how
+    many images OCR did not read (timed out or failed): those count as read empty, and a score of images none of which
+    was read is printed as not measured rather than as a 0.
+    """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "before_after.png")
     if shown > 0:
@@ -233,17 +234,29 @@ def write_report(label: str, prompts: list[str], before: dict, after: dict, show
         ]
         grid = make_image_grid(before["images"][:shown] + after["images"][:shown], captions, columns=shown)
         grid.save(path)
+    fields = ("word_accuracy", "ned", "num_unread")
     results = {
         "prompts": label.lower(),
         "num_prompts": len(prompts),
-        "before": {k: before[k] for k in ("word_accuracy", "ned")},
-        "after": {k: after[k] for k in ("word_accuracy", "ned")},
+        "before": {k: before[k] for k in fields},
+        "after": {k: after[k] for k in fields},
     }
     with open(os.path.join(output_dir, "before_after.json"), "w") as f:
         json.dump(results, f, indent=2)
+
+    def score(scores: dict, name: str) -> str:
+        return "not measured" if scores["num_unread"] == len(prompts) else f"{scores[name]:.3f}"
+
+    unread = ""
+    if before["num_unread"] or after["num_unread"]:
+        unread = (
+            f" OCR did not read {before['num_unread']} of {len(prompts)} images before and {after['num_unread']} "
+            f"after training (timed out or failed, see the warnings; counted as read empty)."
+        )
     print(
-        f"{label} word accuracy ({len(prompts)} prompts): {before['word_accuracy']:.3f} before, "
-        f"{after['word_accuracy']:.3f} after training (NED {before['ned']:.3f} -> {after['ned']:.3f})."
+        f"{label} word accuracy ({len(prompts)} prompts): {score(before, 'word_accuracy')} before, "
+        f"{score(after, 'word_accuracy')} after training (NED {score(before, 'ned')} -> {score(after, 'ned')})."
+        + unread
         + (f" Samples in {path}." if shown > 0 else "")
     )
 

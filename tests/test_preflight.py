@@ -79,3 +79,40 @@ def test_an_unreachable_hub_names_the_endpoint_and_the_repository_creation(monke
     message = str(error.value)
     assert "Could not create the Hub repository 'trl-var-tester/run' at https://huggingface.co" in message
     assert "ConnectError" in message
+
+
+def _no_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_vmr_prefix_scales_out_of_range_fails_before_the_trainer_writes_anything(tmp_path, tiny_model, char_tokenizer):
+    from datasets import Dataset
+
+    from trl_var import VARGRPOTrainer
+
+    args = VARGRPOConfig(output_dir=str(tmp_path / "run"), bf16=False, report_to="none", vmr_prefix_scales=4)
+    dataset = Dataset.from_dict({"prompt": ['the word "CAT"'] * 16})
+    with pytest.raises(ValueError, match=r"`vmr_prefix_scales` is 4, but the model has 4 scales: .* use 1\.\.3"):
+        VARGRPOTrainer(tiny_model, _no_reward, args, dataset, processing_class=char_tokenizer)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_error_while_the_trainer_creates_the_repository_names_it_and_the_endpoint(
+    tmp_path, tiny_model, char_tokenizer, monkeypatch
+):
+    import httpx2
+    from datasets import Dataset
+    from fake_hub import FakeHub, serve
+
+    from trl_var import VARGRPOTrainer
+
+    monkeypatch.setenv("HF_TOKEN", FakeHub.token)
+    args = VARGRPOConfig(
+        output_dir=str(tmp_path / "run"), bf16=False, report_to="none", push_to_hub=True, hub_model_id="tester/run"
+    )
+    dataset = Dataset.from_dict({"prompt": ['the word "CAT"'] * 16})
+    with serve(FakeHub()) as hub:
+        hub.go_offline()
+        with pytest.raises(httpx2.ConnectError) as error:  # the Hub's own error, with a note
+            VARGRPOTrainer(tiny_model, _no_reward, args, dataset, processing_class=char_tokenizer)
+    assert "Could not create the Hub repository 'tester/run' at https://huggingface.co" in error.value.__notes__[0]

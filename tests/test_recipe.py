@@ -1,5 +1,6 @@
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -71,3 +72,33 @@ def test_recipe_trains_saves_and_resumes_under_accelerate_launch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from" in result.stderr and "checkpoint-2" in result.stderr
     assert (output_dir / "checkpoint-3").exists()
+
+
+def test_the_summary_says_how_many_images_ocr_did_not_read_and_never_shows_a_score_of_nothing_read(tmp_path):
+    # a tesseract that answers its version but no table of words: every read fails, before and after training
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "tesseract"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = "--version" ]; then echo "tesseract 5.3.0"; exit 0; fi\n'
+        "printf 'Segmentation fault\\n' > \"$2.tsv\"\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    command = [sys.executable, "recipes/train_text_render.py", "--output_dir", str(tmp_path / "run")]
+    command += ["--max_steps", "1", "--num_prompts", "2", "--num_generations", "2", "--per_device_train_batch_size"]
+    command += ["2", "--vmr_prefix_scales", "0", "--num_sample_prompts", "0", "--num_heldout_prompts", "2"]
+    command += ["--save_strategy", "no", "--disable_tqdm", "true"]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "Held-out word accuracy (2 prompts): not measured before, not measured after training (NED not measured -> "
+        "not measured). OCR did not read 2 of 2 images before and 2 after training" in result.stdout
+    )
+    report = json.load(open(tmp_path / "run" / "before_after.json"))
+    assert report["before"]["num_unread"] == report["after"]["num_unread"] == 2

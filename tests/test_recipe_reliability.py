@@ -93,6 +93,13 @@ def test_fewer_prompts_than_a_step_needs_fail_before_training(recipe, tmp_path):
         recipe.main(*_args(recipe, tmp_path / "run", "--dataset_name", data, "--per_device_train_batch_size", "4"))
 
 
+def test_vmr_prefix_scales_out_of_range_fails_naming_the_range_before_anything_is_written(recipe, tmp_path):
+    output_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"`vmr_prefix_scales` is 9, but the model has 6 scales: .* use 1\.\.5"):
+        recipe.main(*_args(recipe, output_dir, "--vmr_prefix_scales", "9"))
+    assert not output_dir.exists()
+
+
 def test_a_model_path_that_is_no_folder_is_named(recipe, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No such local model folder: '/.*missing'"):
         recipe.main(*_args(recipe, tmp_path / "run", "--model_name_or_path", str(tmp_path / "missing")))

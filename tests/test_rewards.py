@@ -253,3 +253,14 @@ def test_unknown_ocr_backend_is_an_error_naming_the_backends(cat):
         OCRReward(backend="easyocr")
     with pytest.raises(ValueError, match=r"`backend` 'easyocr'"):
         read_text(cat[0], backend="easyocr")
+
+
+def test_ocr_reward_targets_are_public_and_are_what_a_call_scores_against():
+    assert OCRReward().targets(['a sign that says "OPEN NOW"', 'the word "CAT"']) == [["OPEN", "NOW"], ["CAT"]]
+    by_column = OCRReward(target_column="text")
+    assert by_column.targets(["a red sign", "a blue sign"], text=["CAT DOG", ["A B", "C"]]) == [
+        ["CAT", "DOG"],
+        ["A", "B", "C"],
+    ]
+    with pytest.raises(ValueError, match=r"found no column 'text' among the reward function's inputs.*\['label'\]"):
+        by_column.targets(["a red sign"], label=["CAT"])

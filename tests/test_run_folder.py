@@ -8,9 +8,11 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_var_config
+from datasets import Dataset
 from safetensors.torch import save_file
 
-from trl_var import VARGRPOConfig
+from trl_var import VARForImageGeneration, VARGRPOConfig, VARGRPOTrainer
 from trl_var.trainer.run_folder import (
     SETTINGS_FILE,
     RunFolderError,
@@ -129,3 +131,76 @@ def test_check_weights_file_rejects_truncated_safetensors_and_torch_archives(tmp
         content = (path / name).read_bytes()
         (tmp_path / name).write_bytes(content[:keep])
         assert check_weights_file(tmp_path / name) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The same protections when `VARGRPOTrainer.train()` is called from Python, without the recipe
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _brightness(completions, **kwargs):
+    return [float(image.convert("L").getextrema()[1]) / 255 for image in completions]
+
+
+def _trainer(output_dir, tokenizer, **kwargs):
+    torch.manual_seed(0)
+    model = VARForImageGeneration(tiny_var_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    settings = dict(
+        output_dir=str(output_dir),
+        bf16=False,
+        report_to="none",
+        num_generations=2,
+        per_device_train_batch_size=2,
+        vmr_prefix_scales=0,
+        mask_propagation=False,
+        max_steps=1,
+        save_steps=1,
+        disable_tqdm=True,
+    )
+    dataset = Dataset.from_dict({"prompt": ['the word "CAT"', 'the word "DOG"'] * 2})
+    return VARGRPOTrainer(
+        model,
+        _brightness,
+        args=VARGRPOConfig(**{**settings, **kwargs}),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+
+
+def test_train_from_python_records_its_settings_and_refuses_a_rerun_with_other_ones(tmp_path, char_tokenizer):
+    output_dir = tmp_path / "run"
+    _trainer(output_dir, char_tokenizer).train()
+    assert json.load(open(output_dir / SETTINGS_FILE))["training"]["learning_rate"] == 1e-5
+    rerun = _trainer(output_dir, char_tokenizer, learning_rate=1e-4)
+    with pytest.raises(RunFolderError, match=r"learning_rate: 1e-05 -> 0\.0001"):
+        rerun.train(resume_from_checkpoint=True)
+    assert rerun.state.global_step == 0
+
+
+def test_train_from_python_into_a_busy_folder_fails_at_once_naming_the_other_process(tmp_path, char_tokenizer):
+    folder = tmp_path / "run"
+    trainer = _trainer(folder, char_tokenizer)
+    holder = _start_lock_holder(folder)
+    try:
+        with pytest.raises(RunFolderError, match=rf"Another training is writing to .*run: process {holder.pid}"):
+            trainer.train()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (folder / "checkpoint-1").exists()
+
+
+def test_train_from_python_resumes_from_the_last_complete_checkpoint(tmp_path, char_tokenizer, caplog):
+    output_dir = tmp_path / "run"
+    _trainer(output_dir, char_tokenizer, max_steps=2).train()
+    os.remove(output_dir / "checkpoint-2" / "trainer_state.json")  # what a kill during the save leaves
+    with caplog.at_level(logging.WARNING):
+        _trainer(output_dir, char_tokenizer, max_steps=3).train(resume_from_checkpoint=True)
+    assert f"Skipping the checkpoint {output_dir / 'checkpoint-2'}: no trainer_state.json" in caplog.text
+    assert f"Resuming from {output_dir / 'checkpoint-1'}" in caplog.text
+    assert json.load(open(output_dir / "checkpoint-3" / "trainer_state.json"))["global_step"] == 3
+
+    # a checkpoint named explicitly is checked too
+    os.remove(output_dir / "checkpoint-3" / "trainer_state.json")
+    with pytest.raises(ValueError, match=r"Cannot resume from the checkpoint .*checkpoint-3: no trainer_state"):
+        _trainer(output_dir, char_tokenizer, max_steps=4).train(str(output_dir / "checkpoint-3"))

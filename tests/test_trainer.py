@@ -74,6 +74,14 @@ def test_overridden_trl_signatures_are_unchanged():
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "= self._generate(prompts)" in source
     assert "tool_images,\n        ) = self._generate(prompts)" in source  # still an 8-tuple ending with tool_images
+    # `train` and `init_hf_repo` are overridden with these signatures, passing every argument on
+    assert list(inspect.signature(GRPOTrainer.train).parameters) == [
+        "self",
+        "resume_from_checkpoint",
+        "trial",
+        "ignore_keys_for_eval",
+    ]
+    assert list(inspect.signature(GRPOTrainer.init_hf_repo).parameters) == ["self", "token", "private"]
 
 
 def test_readme_lists_every_overridden_trl_method():
@@ -84,7 +92,7 @@ def test_readme_lists_every_overridden_trl_method():
     section = readme.split("## How it maps to TRL")[1].split("\n## ")[0]
     listed = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
     assert listed == overridden
-    assert len(overridden) == 8
+    assert len(overridden) == 10
 
 
 def test_one_generation_round_carries_the_stage_continuations_and_region_masks(tmp_path, char_tokenizer):

@@ -127,17 +127,20 @@ def score_prompts(
     (see [`~trl_var.rewards.read_text`]).
 
     Returns:
-        `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image) and `images`.
+        `dict` with `word_accuracy`, `ned` (floats), `predictions` (the text read in every image), `num_unread` (the
+        images OCR did not read, timed out or failed, each counted as read empty in the scores) and `images`.
     """
     images = []
     for block, start in enumerate(range(0, len(prompts), batch_size)):
         generator = block_generator(seed, block, pipeline.device)
         images += pipeline(prompts[start : start + batch_size], generator=generator, **sampling).images
-    predictions = read_images(images, psm=ocr_psm, timeout=ocr_timeout, backend=ocr_backend, num_workers=num_workers)
+    reads = _read_images(images, psm=ocr_psm, timeout=ocr_timeout, backend=ocr_backend, num_workers=num_workers)
+    predictions = [read or "" for read in reads]
     return {
         "word_accuracy": functional.word_accuracy(predictions, targets),
         "ned": functional.ned(predictions, targets),
         "predictions": predictions,
+        "num_unread": sum(read is None for read in reads),
         "images": images,
     }
 
@@ -159,14 +162,21 @@ def read_words(
     counts as read empty, with a warning, rather than hanging the evaluation (`0`: wait forever); so does an image
     whose OCR output is no table of words ([`~trl_var.rewards.ocr.OCROutputError`]), rather than failing it.
     """
+    return _try_read_words(image, psm=psm, upscale=upscale, timeout=timeout, backend=backend) or []
+
+
+def _try_read_words(
+    image: PIL.Image.Image, *, psm: int, upscale: int | None, timeout: float, backend: str
+) -> list[OCRWord] | None:
+    """[`read_words`], but `None` for an image not read (timed out, or no table of words), with the warning."""
     try:
         return read_text(image, backend=backend, upscale=upscale, psm=psm, timeout=timeout)
     except TimeoutError:
         logger.warning(f"OCR ({backend}) did not read an image within {timeout} s: counted as read empty.")
-        return []
+        return None
     except OCROutputError as error:
         logger.warning(f"{error}: the image counts as read empty.")
-        return []
+        return None
 
 
 def read_images(
@@ -181,9 +191,18 @@ def read_images(
     The OCR read of every image (its words joined by single spaces, see [`read_words`]), `num_workers` images (default:
     `os.cpu_count()`) at a time.
     """
+    reads = _read_images(images, psm=psm, timeout=timeout, backend=backend, num_workers=num_workers)
+    return [read or "" for read in reads]
 
-    def read(image: PIL.Image.Image) -> str:
-        return " ".join(word.text for word in read_words(image, psm=psm, timeout=timeout, backend=backend))
+
+def _read_images(
+    images: list[PIL.Image.Image], *, psm: int, timeout: float, backend: str, num_workers: int | None
+) -> list[str | None]:
+    """[`read_images`], but `None` for an image not read."""
+
+    def read(image: PIL.Image.Image) -> str | None:
+        words = _try_read_words(image, psm=psm, upscale=None, timeout=timeout, backend=backend)
+        return None if words is None else " ".join(word.text for word in words)
 
     with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
         return list(pool.map(read, images))

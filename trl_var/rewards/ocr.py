@@ -438,15 +438,23 @@ class OCRReward:
         """
         return [[word.box for word in words if any(char.isalnum() for char in word.text)] for words in self.last_words]
 
-    def _targets(self, prompts: Sequence[Any], kwargs: dict[str, Any]) -> list[list[str]]:
+    def targets(self, prompts: Sequence[Any], **columns: Any) -> list[list[str]]:
+        """
+        The target words of each prompt, as a call with these `prompts` and dataset `columns` scores them against:
+        the `target_column` split into words, or the prompt's double-quoted spans. A script checks its dataset with
+        it before sampling anything.
+
+        Raises:
+            `ValueError`: for a missing `target_column`, or a prompt without quoted text, naming it.
+        """
         if self.target_column is not None:
-            if self.target_column not in kwargs:
-                available = sorted(key for key in kwargs if key not in _TRL_REWARD_KWARGS)
+            if self.target_column not in columns:
+                available = sorted(key for key in columns if key not in _TRL_REWARD_KWARGS)
                 raise ValueError(
                     f"OCRReward(target_column={self.target_column!r}) found no column {self.target_column!r} among "
                     f"the reward function's inputs; available columns: {available}."
                 )
-            rows = kwargs[self.target_column]
+            rows = columns[self.target_column]
             return [
                 (row.split() if isinstance(row, str) else [w for text in row for w in text.split()]) for row in rows
             ]
@@ -464,7 +472,7 @@ class OCRReward:
         return targets
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Image.Image], **kwargs) -> list[float | None]:
-        targets = self._targets(prompts, kwargs)
+        targets = self.targets(prompts, **kwargs)
         # Threads, not processes: each tesseract call is already its own subprocess, and onnxruntime runs PP-OCR
         # without the GIL, so threads match a process pool without forking a torch process or pickling images
         # (BENCHMARKS.md, "OCR reward").

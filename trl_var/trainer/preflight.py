@@ -2,6 +2,7 @@
 Checks a training run makes before it samples anything, so that a run that cannot learn, or cannot load what it was
 given, says so at once instead of failing deep inside (or finishing having learned nothing):
 
+- [`check_prefix_scales`]: `vmr_prefix_scales` fits the model's scales (read from its config, before anything loads);
 - [`load_policy`]: the model folder exists, its weights are whole, it is a next-scale policy;
 - [`check_enough_prompts`]: the dataset fills at least one optimizer step;
 - [`warn_unknown_characters`]: the text tokenizer knows every character of the prompts;
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..data.loading import looks_like_local_path
 from ..models.protocol import check_policy
+from .credit import quarter_resolution_prefix
 from .run_folder import check_weights_file
 
 
@@ -120,15 +122,69 @@ def create_hub_repository(args: Any) -> str:
     before training: a failure names the repository, the endpoint and that it came from creating the repository.
     Returns the repository id.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
     name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
     try:
         url = HfApi().create_repo(name, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
     except Exception as error:
-        raise RuntimeError(
-            f"Could not create the Hub repository {name!r} at {constants.ENDPOINT} for `push_to_hub` "
-            f"({type(error).__name__}: {error}). Check the network and your token (`hf auth login`), or train "
-            f"without --push_to_hub and upload later with `hf upload`."
-        ) from error
+        raise RuntimeError(hub_repository_error_message(name, error)) from error
     return url.repo_id
+
+
+def hub_repository_error_message(repo_id: str, error: Exception) -> str:
+    """What to say when creating the Hub repository `repo_id` failed with `error`: the repository, the endpoint, why."""
+    from huggingface_hub import constants
+
+    return (
+        f"Could not create the Hub repository {repo_id!r} at {constants.ENDPOINT} for `push_to_hub` "
+        f"({type(error).__name__}: {error}). Check the network and your token (`hf auth login`), or train "
+        f"without --push_to_hub and upload later with `hf upload`."
+    )
+
+
+def resolve_prefix_scales(scale_schedule, requested: int | None) -> int:
+    """
+    The number of VMR prefix scales for `scale_schedule`: `requested` (`vmr_prefix_scales`), or by default the
+    paper's quarter-side split (0, VMR off, with a warning, when the schedule has none).
+
+    Raises:
+        `ValueError`: when `requested` leaves no suffix scale, naming the field, the value and the valid range.
+    """
+    num_scales = len(scale_schedule)
+    if requested is None:
+        prefix_scales = quarter_resolution_prefix(scale_schedule)
+        if not 0 < prefix_scales < num_scales:
+            logger.warning(
+                f"No quarter-resolution split exists for the schedule {scale_schedule}: VMR is off. Set "
+                "`vmr_prefix_scales` to use it."
+            )
+            return 0
+        return prefix_scales
+    if requested >= num_scales:
+        raise ValueError(
+            f"`vmr_prefix_scales` is {requested}, but the model has {num_scales} scales: the prefix must leave a "
+            f"suffix, so use 1..{num_scales - 1} (or 0 to turn VMR off, None for the paper's quarter-side split)."
+        )
+    return requested
+
+
+def check_prefix_scales(model_name_or_path: str | os.PathLike, requested: int | None) -> None:
+    """
+    Raises [`resolve_prefix_scales`]'s `ValueError` when `vmr_prefix_scales` (`requested`) does not fit the scales of
+    the model, read from its config alone: before its weights load or anything is written. A config that cannot be
+    read is left for [`load_policy`] to report.
+    """
+    from transformers import AutoConfig
+
+    path = os.fspath(model_name_or_path)
+    if requested is None or (not os.path.isdir(path) and looks_like_local_path(path)):
+        return
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return
+    # another model type has no scales: `load_policy` names the supported types
+    scale_schedule = getattr(config, "scale_schedule", None)
+    if scale_schedule is not None:
+        resolve_prefix_scales(scale_schedule, requested)

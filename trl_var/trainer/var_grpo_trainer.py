@@ -10,6 +10,7 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModel, PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
@@ -17,9 +18,11 @@ from trl.trainer.callbacks import SyncRefModelCallback
 
 from ..models.pipeline_var import images_to_pil
 from .callbacks import LogSampleImagesCallback
-from .credit import panw_weights, propagate_mask, quarter_resolution_prefix, rasterize_regions, soft_value, vmr_stage
+from .credit import panw_weights, propagate_mask, rasterize_regions, soft_value, vmr_stage
 from .model_card import build_model_card
 from .monitoring import image_statistics, logprob_agreement
+from .preflight import hub_repository_error_message, resolve_prefix_scales
+from .run_folder import check_checkpoint, check_run_settings, last_good_checkpoint, lock_output_dir, training_settings
 from .var_grpo_config import VARGRPOConfig
 
 
@@ -81,7 +84,10 @@ class VARGRPOTrainer(GRPOTrainer):
     `_get_per_token_logps_and_entropies` is one teacher-forced pass over prompt + all scales. Besides, with `beta > 0`
     the reference model is a frozen copy of the policy (TRL would reload it from `config._name_or_path`, which an
     in-memory model lacks); `log_completions` logs image grids ([`~trl_var.trainer.callbacks.LogSampleImagesCallback`])
-    instead of TRL's completion table; `_compute_loss` adds monitoring only; and the model card is a text-to-image one.
+    instead of TRL's completion table; `_compute_loss` adds monitoring only; the model card is a text-to-image one;
+    and the output folder is safe to rerun into: `train` takes its lock, records or checks the run's settings and
+    resumes from the last complete checkpoint (`trl_var.trainer.run_folder`), and a failed Hub repository creation
+    (`init_hf_repo`) names the repository and the endpoint.
 
     The paper's three components, each switched by `VARGRPOConfig` alone:
 
@@ -136,6 +142,8 @@ class VARGRPOTrainer(GRPOTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path or "var"
             args = VARGRPOConfig(f"{os.path.basename(name.rstrip('/'))}-VAR-GRPO")
+        # what `train` records in, or checks against, `output_dir`: the settings as given, before TRL's setup fills some
+        self._training_settings = training_settings(args)
         if isinstance(model, str):
             model = AutoModel.from_pretrained(model, **(args.model_init_kwargs or {}))
         if processing_class is None and not model.config._name_or_path:
@@ -146,6 +154,15 @@ class VARGRPOTrainer(GRPOTrainer):
         _check_prompt_dataset(train_dataset, "train_dataset")
         if eval_dataset is not None:
             _check_prompt_dataset(eval_dataset, "eval_dataset")
+        # The method's settings are checked against the model before TRL's setup writes to `output_dir`
+        prefix_scales = resolve_prefix_scales(model.scale_schedule, args.vmr_prefix_scales)
+        local_batch = args.per_device_train_batch_size * args.steps_per_generation
+        if prefix_scales and args.vmr_suffix_grouping == "shared_prefix" and local_batch % args.num_generations:
+            raise ValueError(
+                f"vmr_suffix_grouping='shared_prefix' needs whole groups on every process, but "
+                f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
+                f"num_generations = {args.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
+            )
         if args.gradient_checkpointing and not model.supports_gradient_checkpointing:
             logger.warning(f"{type(model).__name__} does not support gradient checkpointing: turning it off.")
             args.gradient_checkpointing = False
@@ -193,14 +210,7 @@ class VARGRPOTrainer(GRPOTrainer):
         self.log_completions = False
 
         # The paper's three components
-        self.prefix_scales = self._resolve_prefix_scales(args.vmr_prefix_scales)
-        local_batch = args.per_device_train_batch_size * args.steps_per_generation
-        if self.prefix_scales and args.vmr_suffix_grouping == "shared_prefix" and local_batch % self.num_generations:
-            raise ValueError(
-                f"vmr_suffix_grouping='shared_prefix' needs whole groups on every process, but "
-                f"per_device_train_batch_size * steps_per_generation = {local_batch} is not a multiple of "
-                f"num_generations = {self.num_generations}. Change the batch, or use vmr_suffix_grouping='independent'."
-            )
+        self.prefix_scales = prefix_scales
         self.scale_weights = panw_weights(self.scale_schedule, args.panw_alpha)
         self.token_scale_index = policy.image_scale_index.cpu()  # the loss weights are built on CPU, then moved
         self.region_rewards = [func for func in self.reward_funcs if isinstance(func, ProvidesRegions)]
@@ -212,24 +222,6 @@ class VARGRPOTrainer(GRPOTrainer):
         # The latest round (training or evaluation), and the training round whose buffered batches the optimizer
         # updates consume: an evaluation round can come between two updates of one training round.
         self._round = self._train_round = GenerationRound()
-
-    def _resolve_prefix_scales(self, requested: int | None) -> int:
-        num_scales = len(self.scale_schedule)
-        if requested is None:
-            prefix_scales = quarter_resolution_prefix(self.scale_schedule)
-            if not 0 < prefix_scales < num_scales:
-                logger.warning(
-                    f"No quarter-resolution split exists for the schedule {self.scale_schedule}: VMR is off. Set "
-                    "`vmr_prefix_scales` to use it."
-                )
-                return 0
-            return prefix_scales
-        if requested >= num_scales:
-            raise ValueError(
-                f"`vmr_prefix_scales` is {requested}, but the model has {num_scales} scales: the prefix must leave a "
-                f"suffix, so use 1..{num_scales - 1} (or 0 to turn VMR off, None for the paper's quarter-side split)."
-            )
-        return requested
 
     def _current_stage(self) -> str:
         """
@@ -543,7 +535,56 @@ class VARGRPOTrainer(GRPOTrainer):
             self._train_round.logps_to_check = None  # checked once per micro-batch
         return logps, entropies, None  # no auxiliary (mixture-of-experts) loss
 
+    # ------------------------------------------------------------------ the output folder
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial=None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ):
+        """
+        [`~transformers.Trainer.train`] into an output folder made safe to rerun into (`trl_var.trainer.run_folder`):
+        on the process that saves, it first takes the lock of `output_dir` (held until the process ends), so that a
+        second training into it fails at once, and records the run's settings (`args` as the trainer was built with
+        them) in its `run_settings.json`, or refuses a folder that records other ones, before any step. And
+        `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint, skipping, with a warning, one a
+        kill left half-written (transformers would take the newest and fail on it), or trains from the start, with a
+        warning, when no checkpoint is complete (a folder without any checkpoint is still refused, as transformers
+        does); a checkpoint path given is checked the same way.
+        """
+        output_dir = self.args.output_dir
+        if self.args.should_save:
+            lock_output_dir(output_dir)
+            check_run_settings(output_dir, {"training": self._training_settings})
+        if resume_from_checkpoint is True and os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
+            resume_from_checkpoint = last_good_checkpoint(output_dir)
+            if resume_from_checkpoint is None:
+                logger.warning(f"No checkpoint in {output_dir} is complete (see above): training from the start.")
+            else:
+                logger.warning(
+                    f"Resuming from {resume_from_checkpoint}, the last complete checkpoint in {output_dir}."
+                )
+        elif resume_from_checkpoint and os.path.isdir(resume_from_checkpoint):
+            problem = check_checkpoint(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"Cannot resume from the checkpoint {resume_from_checkpoint}: {problem}.")
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
     # ------------------------------------------------------------------ Hub
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """
+        Creates the Hub repository, as [`~transformers.Trainer.init_hf_repo`] does (when the trainer is built with
+        `push_to_hub`, or by the first `push_to_hub`). What differs: its error gets a note naming the repository,
+        the Hub endpoint and that it came from creating the repository.
+        """
+        try:
+            super().init_hf_repo(token, private)
+        except Exception as error:
+            name = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            error.add_note(hub_repository_error_message(name, error))
+            raise
 
     def create_model_card(
         self,
@@ -594,8 +635,9 @@ class VARGRPOTrainer(GRPOTrainer):
                 f"saved in {self.args.output_dir}: upload it with `trainer.push_to_hub()` again, or with "
                 f"`hf upload {repo_id} {self.args.output_dir} --exclude 'checkpoint-*'`."
             )
-            logger.error(message)
             error.add_note(message)
+            # with what `init_hf_repo` noted, when creating the repository failed
+            logger.error(" ".join(error.__notes__))
             raise
 
 
