@@ -3,6 +3,7 @@ import os
 import pytest
 import yaml
 from conftest import load_script
+from transformers import GenerationConfig
 from trl import TrlParser
 
 from trl_var import VARGRPOConfig
@@ -62,5 +63,13 @@ def test_training_passes_every_sampling_argument_of_generate(tmp_path):
     args = VARGRPOConfig(output_dir=str(tmp_path), top_k=0, eval_top_k=2)
     assert tuple(args.sampling_kwargs()) == tuple(args.sampling_kwargs(evaluation=True)) == SAMPLING_ARGUMENTS
     assert (args.sampling_kwargs()["top_k"], args.sampling_kwargs(evaluation=True)["top_k"]) == (0, 2)
-    # all of them are keyword arguments of `generate`, so the model's generation config never overrides training's
-    assert set(SAMPLING_ARGUMENTS) <= set(inspect.signature(VARForImageGeneration.generate).parameters)
+    # all of them are sampling arguments of `generate` (its `**sampling`, resolved by `sampling_settings`, which
+    # refuses any other name), so the model's generation config never overrides training's
+    from trl_var.models.infinity import InfinityForImageGeneration
+    from trl_var.models.sampling import sampling_settings
+
+    for policy in (VARForImageGeneration, InfinityForImageGeneration):
+        assert inspect.signature(policy.generate).parameters["sampling"].kind is inspect.Parameter.VAR_KEYWORD
+    assert sampling_settings(GenerationConfig(), **args.sampling_kwargs()) == args.sampling_kwargs()
+    with pytest.raises(TypeError, match=r"Unknown sampling argument\(s\) \['top_n'\]"):
+        sampling_settings(GenerationConfig(), top_n=3)

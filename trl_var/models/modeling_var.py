@@ -327,14 +327,10 @@ class VARForImageGeneration(VARPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
-        guidance_scale: float | None = None,
-        guidance_schedule: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
         num_scales: int | None = None,
         state: VARSamplingState | None = None,
+        generator: torch.Generator | None = None,
+        **sampling,
     ) -> VARGenerationOutput:
         r"""
         Sample image tokens scale by scale with a KV cache. Every sampling argument not given (`None`) takes the value
@@ -346,18 +342,6 @@ class VARForImageGeneration(VARPreTrainedModel):
                 Prompt tokens, left-padded. Not needed when continuing from `state`.
             attention_mask (`torch.Tensor` of shape `(batch_size, text_length)`, *optional*):
                 1 for prompt tokens, 0 for padding.
-            guidance_scale (`float`, *optional*):
-                Classifier-free guidance `s`: sampling logits are `uncond + s * (cond - uncond)`, the unconditional
-                branch reading an empty prompt. 1.0 disables guidance (and the unconditional branch).
-            guidance_schedule (`str`, *optional*):
-                `"constant"` uses `guidance_scale` at every scale; `"linear"` ramps it from 1 at the first scale to
-                `guidance_scale` at the last, as VAR does (see [`guidance_at`]).
-            temperature (`float`, *optional*):
-                Divides the logits, for sampling and for the returned log-probs.
-            top_k (`int`, *optional*):
-                Keep the `top_k` most likely tokens of every position (0: all).
-            top_p (`float`, *optional*):
-                Nucleus sampling: keep the smallest set of tokens whose probability exceeds `top_p` (1.0: all).
             generator (`torch.Generator`, *optional*):
                 Source of randomness, for reproducible samples.
             num_scales (`int`, *optional*):
@@ -365,20 +349,17 @@ class VARForImageGeneration(VARPreTrainedModel):
             state ([`VARSamplingState`], *optional*):
                 Continue from a previous call's `state` instead of starting from the prompt. The state is advanced in
                 place; call `state.repeat_interleave_(k)` first to branch `k` continuations off every row.
+            sampling:
+                `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p` (see
+                [`~trl_var.models.sampling.sampling_settings`]); guidance mixes `uncond + s * (cond - uncond)`, the
+                unconditional branch reading an empty prompt; `top_k` keeps the most likely codes of every position.
 
         Returns:
             [`VARGenerationOutput`] with the tokens and log-probs of the scales generated so far (including those of
             `state`) and the state to continue from.
         """
         # 1. The sampling settings: the arguments given, else the generation config's.
-        sampling = sampling_settings(
-            self.generation_config,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
+        sampling = sampling_settings(self.generation_config, **sampling)
         guided = sampling["guidance_scale"] != 1.0
         num_total = len(self.scale_schedule)
         num_scales = num_total if num_scales is None else num_scales

@@ -23,6 +23,13 @@ def sampling_settings(generation_config: GenerationConfig, **given) -> dict:
     The sampling settings of a `generate` call: every one of `SAMPLING_ARGUMENTS` given and not `None`, else the
     value of `generation_config` (the checkpoint's recommended decoding). `top_k` may stay `None` (no top-k).
     Evaluation records this dict, so that its results say how the images were sampled.
+
+    The settings, for every model family:
+        guidance_scale (`float`): classifier-free guidance `s` (1.0: off, and no unconditional branch is run).
+        guidance_schedule (`str`): `"constant"` (`s` at every scale) or `"linear"` (see [`guidance_at`]).
+        temperature (`float`): divides the logits, for sampling and for the returned log-probs.
+        top_k (`int`): keep the `top_k` most likely values of every position (0 or `None`: all).
+        top_p (`float`): nucleus sampling, keep the smallest set whose probability exceeds `top_p` (1.0: all).
     """
     unknown = sorted(set(given) - set(SAMPLING_ARGUMENTS))
     if unknown:

@@ -610,11 +610,7 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         num_scales: int | None = None,
         state: InfinitySamplingState | None = None,
         generator: torch.Generator | None = None,
-        guidance_scale: float | None = None,
-        guidance_schedule: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        **sampling,
     ) -> InfinityGenerationOutput:
         r"""
         Sample image tokens scale by scale with a KV cache, every bit on its own. Settings not given are taken from
@@ -632,32 +628,19 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
                 place; call `state.repeat_interleave_(k)` first to branch `k` continuations off every row.
             generator (`torch.Generator`, *optional*):
                 Source of randomness, for reproducible samples.
-            guidance_scale (`float`, *optional*):
-                Classifier-free guidance `s`: sampling logits are `s * cond + (1 - s) * uncond`, the unconditional
-                branch reading the learned null text `cfg_uncond`. 1.0 disables guidance (and that branch).
-            guidance_schedule (`str`, *optional*):
-                `"constant"`: `guidance_scale` at every scale; `"linear"`: from 1 at the first scale to
-                `guidance_scale` at the last.
-            temperature (`float`, *optional*):
-                Divides the logits, for sampling and for the returned log-probs.
-            top_k (`int`, *optional*):
-                Per bit: 1 keeps the more likely value only; 0 or >= 2 keeps both (two classes).
-            top_p (`float`, *optional*):
-                Per bit: the less likely value is removed when its probability is at most `1 - top_p`.
+            sampling:
+                `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p` (see
+                [`~trl_var.models.sampling.sampling_settings`]). Guidance mixes `s * cond + (1 - s) * uncond`, the
+                unconditional branch reading the learned null text `cfg_uncond`; `top_k` and `top_p` apply per bit:
+                `top_k=1` keeps the more likely value only (0 or >= 2 keeps both), and `top_p` removes the less likely
+                value when its probability is at most `1 - top_p`.
 
         Returns:
             [`InfinityGenerationOutput`] with the tokens and log-probs of the scales generated so far (including those
             of `state`) and the state to continue from.
         """
         # 1. sampling settings: those not given come from the generation config
-        sampling = sampling_settings(
-            self.generation_config,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
+        sampling = sampling_settings(self.generation_config, **sampling)
         temperature, top_k, top_p = sampling["temperature"], sampling["top_k"] or 0, sampling["top_p"]
         num_total = len(self.scale_schedule)
         num_scales = num_total if num_scales is None else num_scales
