@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
 from .configuration_var import VARConfig
-from .modeling_utils import FrozenSubmodulesMixin
+from .modeling_utils import FrozenSubmodulesMixin, ScaleScheduleMixin
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
 from .sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 
@@ -107,7 +107,7 @@ class VARGenerationOutput(ModelOutput):
     state: VARSamplingState | None = None
 
 
-class VARPreTrainedModel(FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
+class VARPreTrainedModel(ScaleScheduleMixin, FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
     _frozen_submodules = ("vqmodel",)
     config_class = VARConfig
     config: VARConfig
@@ -182,28 +182,6 @@ class VARForImageGeneration(VARPreTrainedModel):
 
     def _image_layout_buffers(self):
         return self.image_scale_index, self.image_row_index, self.image_col_index
-
-    @property
-    def scale_schedule(self) -> list[tuple[int, int]]:
-        return self.config.scale_schedule
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.config.num_image_tokens
-
-    @property
-    def scale_token_counts(self) -> list[int]:
-        return [h * w for h, w in self.scale_schedule]
-
-    def num_scales_in(self, num_tokens: int) -> int:
-        """How many scales, from the first, `num_tokens` image tokens make (an error unless they are whole scales)."""
-        ends = torch.tensor(self.scale_token_counts).cumsum(0).tolist()
-        if num_tokens not in ends:
-            raise ValueError(
-                f"`image_ids` has {num_tokens} tokens per row; it must hold the first scales of the schedule "
-                f"{self.scale_schedule} whole, i.e. one of {ends} tokens."
-            )
-        return ends.index(num_tokens) + 1
 
     def split_scales(self, image_ids: torch.Tensor) -> list[torch.Tensor]:
         """Flat `(B, n)` image tokens of the first scales (all by default) -> one `(B, h_t, w_t)` grid per scale."""

@@ -46,7 +46,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..block_attention import BlockCausalLayout, block_causal_attention
-from ..modeling_utils import FrozenSubmodulesMixin
+from ..modeling_utils import FrozenSubmodulesMixin, ScaleScheduleMixin
 from ..sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 from .bsq_vae import InfinityVAEDecoder
 from .configuration_infinity import InfinityConfig
@@ -341,7 +341,7 @@ def bits_to_codes(bits: torch.Tensor, height: int, width: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- model
 
 
-class InfinityPreTrainedModel(FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
+class InfinityPreTrainedModel(ScaleScheduleMixin, FrozenSubmodulesMixin, GenerationConfigHooks, PreTrainedModel):
     _frozen_submodules = ("text_encoder", "vae_decoder")
     config_class = InfinityConfig
     config: InfinityConfig
@@ -442,28 +442,6 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
     @property
     def blocks(self) -> list[InfinityBlock]:
         return [block for chunk in self.block_chunks for block in chunk.module]
-
-    @property
-    def scale_schedule(self) -> list[tuple[int, int]]:
-        return [tuple(shape) for shape in self.config.scale_schedule]
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.config.num_image_tokens
-
-    @property
-    def scale_token_counts(self) -> list[int]:
-        return [h * w for h, w in self.scale_schedule]
-
-    def num_scales_in(self, num_tokens: int) -> int:
-        """How many scales, from the first, `num_tokens` image tokens make (an error unless they are whole scales)."""
-        ends = torch.tensor(self.scale_token_counts).cumsum(0).tolist()
-        if num_tokens not in ends:
-            raise ValueError(
-                f"`image_ids` has {num_tokens} tokens per row; it must hold the first scales of the schedule "
-                f"{self.scale_schedule} whole, i.e. one of {ends} tokens."
-            )
-        return ends.index(num_tokens) + 1
 
     def get_input_embeddings(self):
         # the input layer of the generated tokens (their codes -> hidden); T5's embeddings belong to the frozen encoder
