@@ -78,8 +78,8 @@ def build(name: str):
     torch.manual_seed(0)
     if name.startswith("nextflow"):
         from trl_var import VARForImageGeneration
-        from trl_var.models.configuration_var import NEXTFLOW_1024_SCALE_SIDES, VARConfig
         from trl_var.models.presets import nextflow_shaped_config
+        from trl_var.models.var.configuration_var import NEXTFLOW_1024_SCALE_SIDES, VARConfig
 
         config = nextflow_shaped_config()
         if name == "nextflow-full":  # NextFlow's own 18 scales: the same backbone, a 256 px tokenizer

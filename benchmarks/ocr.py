@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from trl_var import VARForImageGeneration
 from trl_var.data import HELDOUT_WORDS
 from trl_var.data.render import DEJAVU, RenderStyle, render_word
-from trl_var.models.pipeline_var import images_to_pil
+from trl_var.models.pipeline import images_to_pil
 from trl_var.rewards import OCR_BACKENDS, OCRReward, ocr_engine_name, read_text
 
 

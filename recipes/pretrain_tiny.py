@@ -37,7 +37,7 @@ from trl_var import MultiScaleVQModel, VARForImageGeneration, VARPipeline
 from trl_var.data import HELDOUT_WORDS, make_heldout_dataset
 from trl_var.data.render import RenderStyle, make_render_dataset, render_word
 from trl_var.evaluation import read_images, score_prompts
-from trl_var.models.pipeline_var import images_to_pil
+from trl_var.models.pipeline import images_to_pil
 from trl_var.models.presets import tiny_text_render_model
 
 

@@ -9,9 +9,9 @@ from conftest import tiny_var_config
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationConfig
 
 from trl_var import MultiScaleVQModel, VARConfig, VARForImageGeneration, VARPipeline, nextflow_7b_config
-from trl_var.models import configuration_var
-from trl_var.models.configuration_var import VQ_CONFIG_DEFAULTS
 from trl_var.models.sampling import SAMPLING_ARGUMENTS, guidance_at, sampling_settings
+from trl_var.models.var import configuration_var
+from trl_var.models.var.configuration_var import VQ_CONFIG_DEFAULTS
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

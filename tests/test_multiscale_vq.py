@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trl_var.models.multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel, latent_grid_size
+from trl_var.models.var.multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel, latent_grid_size
 
 
 # Three blocks: downsampling 4, so a 32x32 image has an 8x8 latent grid.

@@ -185,6 +185,6 @@ def test_no_attention_call_sees_a_sequence_by_sequence_mask(policy, monkeypatch)
     num_text = input_ids.shape[1]
     assert calls
     assert max(num_keys for _, num_keys, _ in calls) >= model.num_image_tokens  # the full pass went through SDPA
-    for num_queries, num_keys, mask_shape in calls:
+    for num_queries, _, mask_shape in calls:
         if mask_shape is not None:
             assert mask_shape[-2] == 1 or mask_shape[-2] == mask_shape[-1] <= num_text, (num_queries, mask_shape)

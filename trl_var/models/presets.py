@@ -4,8 +4,7 @@ Model shapes shared by the recipes, the benchmarks and the tests: the tiny CPU t
 NextFlow-7B's own shape (`nextflow_7b_config`, re-exported from the configuration).
 """
 
-from .configuration_var import NEXTFLOW_1024_SCALE_SIDES, VARConfig, nextflow_7b_config
-from .modeling_var import VARForImageGeneration
+from .var import NEXTFLOW_1024_SCALE_SIDES, VARConfig, VARForImageGeneration, nextflow_7b_config
 
 
 __all__ = ["nextflow_7b_config", "nextflow_shaped_config", "tiny_text_render_config", "tiny_text_render_model"]

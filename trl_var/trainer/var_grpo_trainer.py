@@ -16,7 +16,7 @@ from trl import GRPOTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
 
-from ..models.pipeline_var import images_to_pil
+from ..models.pipeline import images_to_pil
 from .callbacks import LogSampleImagesCallback
 from .credit import panw_weights, propagate_mask, rasterize_regions, soft_value, vmr_stage
 from .model_card import build_model_card

@@ -28,11 +28,11 @@ from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
-from .block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
+from ..block_attention import BLOCK_CAUSAL_ATTENTION, BlockCausalLayout
+from ..modeling_utils import FrozenSubmodulesMixin, ScaleScheduleMixin
+from ..sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 from .configuration_var import VARConfig
-from .modeling_utils import FrozenSubmodulesMixin, ScaleScheduleMixin
 from .multiscale_vq import MultiScaleQuantizer, MultiScaleVQModel
-from .sampling import GenerationConfigHooks, ReadOnlyCache, guidance_at, sampling_settings
 
 
 @dataclass

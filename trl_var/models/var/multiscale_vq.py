@@ -391,7 +391,7 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
 
     ```python
     >>> import torch
-    >>> from trl_var.models.multiscale_vq import MultiScaleVQModel
+    >>> from trl_var.models.var.multiscale_vq import MultiScaleVQModel
 
     >>> model = MultiScaleVQModel(sample_size=32, block_out_channels=(32, 32, 64), norm_num_groups=8,
     ...                           scale_schedule=((1, 1), (2, 2), (4, 4), (8, 8)))
