@@ -11,7 +11,7 @@ Every `--save_every` steps a stage saves its weights and optimizer state; starte
 it resumes where it stopped. The finished model is `output_dir/model`, a folder `AutoModel.from_pretrained` and
 `VARPipeline.from_pretrained` load. Logged: the tokenizer's reconstruction and commitment losses and codebook usage;
 the transformer's cross-entropy and its prompt gap (cross-entropy with an empty prompt minus with the true prompt,
-nats per token: how much the model uses its prompt, the early go/no-go signal of NOTES.md).
+nats per token: how much the model uses its prompt, the early go/no-go signal of a run).
 
 Every `--eval_every` steps the transformer stage also samples the 100 held-out prompts (words never rendered for
 training), logs Tesseract's word accuracy and saves a loadable snapshot (`output_dir/var/snapshots/step-N`): pick the
