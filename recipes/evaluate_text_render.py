@@ -152,7 +152,7 @@ class EvaluationArguments:
     ocr_timeout: float = field(
         default=60,
         metadata={
-            "help": "Seconds Tesseract may take on one image (0: no limit); an image not read in time counts as read "
+            "help": "Seconds the OCR engine (Tesseract or PP-OCR) may take on one image (0: no limit); an image not read in time counts as read "
             "empty, with a warning, so a hung tesseract cannot hang an unattended run."
         },
     )

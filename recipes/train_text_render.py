@@ -88,7 +88,7 @@ class ScriptArguments:
     ocr_timeout: float = field(
         default=30,
         metadata={
-            "help": "Seconds Tesseract may take on one image (0: no limit); an image not read in time scores None in "
+            "help": "Seconds the OCR engine (Tesseract or PP-OCR) may take on one image (0: no limit); an image not read in time scores None in "
             "training (left out of the reward) and counts as read empty in the before/after scoring, with a warning."
         },
     )

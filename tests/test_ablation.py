@@ -76,12 +76,15 @@ def test_the_command_line_changes_config_fields_of_the_recipe_but_not_the_script
         (["--panw_alpha", "0"], "--panw_alpha: set by --variants in this script"),
         (["--logging_steps", "5"], "--logging_steps: set by --eval_every in this script"),
         (["--report_to", "wandb"], "--report_to: fixed to none in this script"),
-        (["--variants", "plain", "vmr+mp"], "--variants: 'vmr+mp' is none of ['plain', 'vmr', 'panw', 'mp', 'full']"),
     )
     for argv, message in bad_fields:
         with pytest.raises(SystemExit):
             ablation.main(argv)
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--variants", "plain", "vmr+mp"])
+    err = capsys.readouterr().err  # named, with the variants there are
+    assert "--variants: invalid choice: 'vmr+mp'" in err and all(name in err for name in ablation.VARIANTS)
 
 
 def test_held_out_prompts_are_100_and_validation_prompts_200(capsys):
@@ -219,7 +222,8 @@ def test_table_names_the_settings_changed_from_the_recipe():
         "`per_device_train_batch_size=32`, `top_k=8` (base: word accuracy 0.400" in changed
     )
     assert "| full (VMR+PANW+MP) | 1 | 0.600 +- 0.000 | +0.200 |" in changed
-    assert "(1 seed, mean +- sample std, 4 images per prompt), after 20" in ablation.table(summary, 20, samples=4)
+    four_images = ablation.table(summary, 20, ablation.AblationArguments(eval_samples=4))
+    assert "(1 seed, mean +- sample std, 4 images per prompt), after 20" in four_images
 
 
 def test_evaluation_scores_every_prompt_eval_samples_times(monkeypatch):
@@ -231,10 +235,11 @@ def test_evaluation_scores_every_prompt_eval_samples_times(monkeypatch):
 
     monkeypatch.setattr(ablation, "score_prompts", score_prompts)
     monkeypatch.setattr(ablation, "VARPipeline", lambda model, tokenizer: None)
-    _, config, _ = ablation.parse_args([])
-    evaluation = ablation.HeldoutEvaluation(None, ["p1", "p2"], ["A", "B"], config, every=5, samples=3)
+    args, config, _ = ablation.parse_args(["--num_eval_prompts", "2", "--eval_samples", "3", "--eval_every", "5"])
+    evaluation = ablation.HeldoutEvaluation(None, config, args)
     evaluation.evaluate(torch.nn.Linear(1, 1), step=0)
-    assert seen["prompts"] == ["p1", "p2"] * 3 and seen["targets"] == ["A", "B"] * 3
+    prompts, targets = ablation.evaluation_prompts("heldout", 2)
+    assert seen["prompts"] == prompts * 3 and seen["targets"] == targets * 3
     assert seen["sampling"]["top_k"] == 2 and seen["sampling"]["guidance_scale"] == 3.0  # the recipe's eval sampling
     assert evaluation.points == [{"update": 0, "train_seconds": 0.0, "word_accuracy": 0.5, "ned": 0.75}]
 
@@ -265,7 +270,8 @@ def test_ocr_engines_are_run_settings_only_where_they_are_not_tesseract(capsys):
     assert (chosen["ocr_backend"], chosen["eval_ocr_backends"]) == ("ppocr", ["tesseract", "ppocr"])
     with pytest.raises(SystemExit):
         ablation.main(["--eval_ocr_backends", "tesseract", "paddle"])
-    assert "--eval_ocr_backends: 'paddle' is none of ['tesseract', 'ppocr']" in capsys.readouterr().err
+    err = capsys.readouterr().err  # named, with the engines there are
+    assert "--eval_ocr_backends: invalid choice: 'paddle'" in err and "'tesseract', 'ppocr'" in err
 
 
 def test_evaluation_reads_the_same_images_with_every_engine_the_first_one_the_points_scores(monkeypatch):
@@ -276,17 +282,17 @@ def test_evaluation_reads_the_same_images_with_every_engine_the_first_one_the_po
         seen["score_prompts"] = ocr_backend
         return {"word_accuracy": 0.5, "ned": 0.75, "images": images}
 
+    _, targets = ablation.evaluation_prompts("heldout", 2)
+
     def read_images(read, backend):
         seen["read_images"] = (read, backend)
-        return ["A", "B"]  # both read right
+        return targets  # both read right
 
     monkeypatch.setattr(ablation, "score_prompts", score_prompts)
     monkeypatch.setattr(ablation, "read_images", read_images)
     monkeypatch.setattr(ablation, "VARPipeline", lambda model, tokenizer: None)
-    _, config, _ = ablation.parse_args([])
-    evaluation = ablation.HeldoutEvaluation(
-        None, ["p1", "p2"], ["A", "B"], config, 5, ocr_backends=["tesseract", "ppocr"]
-    )
+    args, config, _ = ablation.parse_args(["--num_eval_prompts", "2", "--eval_ocr_backends", "tesseract", "ppocr"])
+    evaluation = ablation.HeldoutEvaluation(None, config, args)
     evaluation.evaluate(torch.nn.Linear(1, 1), step=0)
     assert seen == {"score_prompts": "tesseract", "read_images": (images, "ppocr")}
     (point,) = evaluation.points
@@ -307,7 +313,8 @@ def test_table_adds_a_column_for_each_further_scoring_engine_and_names_the_rewar
             }
     summary = ablation.summarize(runs)
     assert summary["full"]["curve"][-1]["by_ocr"]["ppocr"] == {"word_accuracy": pytest.approx(0.8), "ned": 0.9}
-    text = ablation.table(summary, 20, ocr_backend="ppocr", eval_ocr_backends=["tesseract", "ppocr"])
+    args = ablation.AblationArguments(ocr_backend="ppocr", eval_ocr_backends=["tesseract", "ppocr"])
+    text = ablation.table(summary, 20, args)
     assert (
         "The reward reads with PP-OCR, the scores with Tesseract (the last columns: the same images read by PP-OCR)."
         in text

@@ -64,7 +64,8 @@ def test_full_method_trains_a_converted_infinity_checkpoint(converted, tmp_path)
         vmr_num_continuations=2,
         panw_alpha=0.7,
         mask_propagation=True,
-        save_strategy="no",
+        save_strategy="steps",  # a checkpoint writes the model card too
+        save_steps=4,
         gradient_checkpointing=False,
         bf16=False,
         use_cpu=True,
@@ -99,3 +100,5 @@ def test_full_method_trains_a_converted_infinity_checkpoint(converted, tmp_path)
     # PANW weighs every trained scale; MP trains the left half's tokens only (dilated by `mask_dilation`)
     assert all("panw/weight_share/scale_0" in entry for entry in logs[:3]) and "panw/weight_share/scale_6" in logs[3]
     assert 0.4 < logs[3]["mp/coverage/scale_6"] < 0.75
+    card = (tmp_path / "README.md").read_text()  # written by the checkpoint save
+    assert "BSQ-VAE decoder (`model.vae_decoder`, tokens of 4 bits)" in card and "32x32 pixels" in card

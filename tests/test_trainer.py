@@ -301,3 +301,15 @@ def test_sampling_kwargs_are_the_rollouts_and_evaluation_overrides_only_what_is_
     rollouts = {"guidance_scale": 3.0, "guidance_schedule": "linear", "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     assert args.sampling_kwargs() == rollouts
     assert args.sampling_kwargs(evaluation=True) == {**rollouts, "top_k": 2}
+
+
+def test_a_model_folder_of_another_type_is_refused_naming_the_supported_types(tmp_path, char_tokenizer):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=len(char_tokenizer))).save_pretrained(
+        tmp_path / "m"
+    )
+    with pytest.raises(
+        TypeError, match=r"GPT2Model \(model type 'gpt2'\) is not a next-scale image policy.*'infinity'"
+    ):
+        VARGRPOTrainer(str(tmp_path / "m"), brightness, args=_args(tmp_path / "out"), train_dataset=_dataset())

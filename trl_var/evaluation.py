@@ -78,7 +78,7 @@ def load_pipeline(
         else:
             where = f"{path!r}: not a local folder ({os.path.abspath(path)}) nor a reachable or cached Hub repository"
         raise FileNotFoundError(
-            f"Could not load a VAR model and tokenizer from {where} ({type(error).__name__}: {error})."
+            f"Could not load a next-scale model and its tokenizer from {where} ({type(error).__name__}: {error})."
         ) from error
     return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -1,4 +1,4 @@
-"""Prompt(s) -> images with a [`VARForImageGeneration`], the way a diffusers pipeline is used."""
+"""Prompt(s) -> images with any next-scale policy of trl-var, the way a diffusers pipeline is used."""
 
 import os
 from dataclasses import dataclass
@@ -96,10 +96,10 @@ class VARPipeline:
             generator (`torch.Generator`, *optional*): source of randomness, for reproducible images.
             batch_size (`int`, defaults to 16): images sampled per forward pass.
             output_type (`str`, defaults to `"pil"`): `"pil"` or `"pt"` (a tensor in [0, 1]).
-            **sampling: `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`, as
-                [`VARForImageGeneration.generate`] takes them; each one not given is the model's
-                `generation_config` (by default VAR's and the paper's evaluation decoding: guidance 5, top-k 2,
-                top-p 0.9).
+            **sampling: `guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`, as the model's
+                `generate` takes them; each one not given is the model's `generation_config` (the checkpoint's
+                recommended decoding, e.g. guidance 5, top-k 2, top-p 0.9 for the VAR family, guidance 3, top-p 0.97
+                for Infinity).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         for i, text in enumerate(prompts):

@@ -22,7 +22,6 @@ from ..utils import markdown_table
 
 
 if TYPE_CHECKING:
-    from ..models import VARConfig
     from .var_grpo_config import VARGRPOConfig
     from .var_grpo_trainer import VARGRPOTrainer
 
@@ -75,8 +74,8 @@ It has been trained using [TRL](https://github.com/huggingface/trl) and trl-var'
 {% endif %}
 It is a visual autoregressive (next-scale prediction) text-to-image model: it reads a text prompt, then predicts the \
 image as {{ num_scales }} token grids, coarse to fine ({{ first_grid }} to {{ last_grid }}, {{ num_image_tokens }} \
-tokens), which its multi-scale VQ tokenizer (`model.vqmodel`, {{ codebook_size }} codes, saved with the model) \
-decodes to {{ image_size }} pixels. The backbone is a {{ backbone }}.
+tokens), which its {{ tokenizer }}, saved with the model, decodes to {{ image_size }} pixels. The backbone is a \
+{{ backbone }}.
 
 ## Quick start
 
@@ -156,7 +155,7 @@ Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
 
 def generate_model_card(
     args: "VARGRPOConfig",
-    model_config: "VARConfig",
+    model_config,
     *,
     model_name: str,
     hub_model_id: str | None = None,
@@ -183,7 +182,7 @@ def generate_model_card(
             GRPO ones that matter (`num_generations`, `learning_rate`, `loss_type`, `beta`, ...) and the decoding
             settings of the rollouts (`guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`).
         model_config ([`VARConfig`]):
-            The model's configuration (scale schedule, image size, codebook, backbone).
+            The model's configuration: its scale schedule and `describe()` (image size, tokenizer, backbone).
         model_name (`str`):
             Name of the model (the card's title).
         hub_model_id (`str`, *optional*):
@@ -238,10 +237,7 @@ def generate_model_card(
         for name, url in (("wandb", wandb_url), ("trackio", trackio_url), ("comet", comet_url))
         if url
     ]
-    vq = model_config.vq_config
     schedule = model_config.scale_schedule
-    text_config = model_config.text_config
-    image_height, image_width = _pair(vq["sample_size"])
 
     return ModelCard.from_template(
         card_data,
@@ -254,10 +250,7 @@ def generate_model_card(
         first_grid=_grid(schedule[0]),
         last_grid=_grid(schedule[-1]),
         num_image_tokens=f"{model_config.num_image_tokens:,}",
-        codebook_size=f"{vq['codebook_size']:,}",
-        image_size=f"{image_width}x{image_height}",
-        backbone=f"{text_config.model_type} transformer ({text_config.num_hidden_layers} layers, hidden size "
-        f"{text_config.hidden_size})",
+        **model_config.describe(),  # image_size, tokenizer, backbone
         quickstart_kwargs=", ".join(
             f"{name}={value!r}" for name, value in (eval_decoding or rollout_decoding).items()
         ),
@@ -417,10 +410,6 @@ def _is_hub_repo_id(name: str | None) -> bool:
 
 def _dataset_link(name: str | None) -> str | None:
     return f"[{name}](https://huggingface.co/datasets/{name})" if _is_hub_repo_id(name) else name
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def _grid(shape: Sequence[int]) -> str:

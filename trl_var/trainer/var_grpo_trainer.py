@@ -17,6 +17,7 @@ from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_g
 from trl.trainer.callbacks import SyncRefModelCallback
 
 from ..models.pipeline import images_to_pil
+from ..models.protocol import check_policy
 from .callbacks import LogSampleImagesCallback
 from .credit import panw_weights, propagate_mask, rasterize_regions, soft_value, vmr_stage
 from .model_card import build_model_card
@@ -146,6 +147,7 @@ class VARGRPOTrainer(GRPOTrainer):
         self._training_settings = training_settings(args)
         if isinstance(model, str):
             model = AutoModel.from_pretrained(model, **(args.model_init_kwargs or {}))
+        check_policy(model)  # a model of another type (a language model, ...) fails here, naming the supported types
         if processing_class is None and not model.config._name_or_path:
             raise ValueError(
                 "`processing_class` is None and the model was not loaded from a folder or the Hub, so there is no "

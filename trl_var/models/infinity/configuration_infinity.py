@@ -220,3 +220,13 @@ class InfinityConfig(PreTrainedConfig):
     def num_image_tokens(self) -> int:
         """Number of image tokens of one image, all scales together."""
         return sum(h * w for h, w in self.scale_schedule)
+
+    def describe(self) -> dict[str, str]:
+        """The model in words, for its model card: `image_size`, `tokenizer` and `backbone`."""
+        height, width = (side * self.vae_config["patch_size"] for side in self.scale_schedule[-1])
+        return {
+            "image_size": f"{width}x{height}",
+            "tokenizer": f"BSQ-VAE decoder (`model.vae_decoder`, tokens of {self.codebook_dim} bits)",
+            "backbone": f"Infinity transformer ({self.num_hidden_layers} blocks, hidden size {self.hidden_size}) "
+            f"cross-attending a frozen {self.text_config.model_type} text encoder",
+        }

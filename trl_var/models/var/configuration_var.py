@@ -99,6 +99,18 @@ class VARConfig(PreTrainedConfig):
         """Number of image tokens of one image, all scales together."""
         return sum(h * w for h, w in self.scale_schedule)
 
+    def describe(self) -> dict[str, str]:
+        """The model in words, for its model card: `image_size`, `tokenizer` and `backbone`."""
+        size = self.vq_config["sample_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        text = self.text_config
+        return {
+            "image_size": f"{width}x{height}",
+            "tokenizer": f"multi-scale VQ tokenizer (`model.vqmodel`, {self.vq_config['codebook_size']:,} codes)",
+            "backbone": f"{text.model_type} transformer ({text.num_hidden_layers} layers, hidden size "
+            f"{text.hidden_size}) reading the prompt as a prefix",
+        }
+
 
 def _full_vq_config(vq_config: dict) -> dict:
     """

@@ -292,9 +292,11 @@ class VARForImageGeneration(VARPreTrainedModel):
         `(B, L, codebook_size)`: a softmax over the codebook at `temperature`, in float32 (a bf16 log-softmax over
         thousands of codes would bias every token of an image).
         """
-        log_probs = (logits.float() / temperature).log_softmax(-1)
-        token_logprobs = log_probs.gather(-1, image_ids.unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1) if compute_entropy else None
+        # as `logsumexp` and one softmax, so that autograd keeps one (B, L, V) tensor besides the logits, not three
+        logits = logits.float() / temperature
+        normalizer = logits.logsumexp(-1)
+        token_logprobs = logits.gather(-1, image_ids.unsqueeze(-1)).squeeze(-1) - normalizer
+        entropy = normalizer - (logits.softmax(-1) * logits).sum(-1) if compute_entropy else None
         return token_logprobs, entropy
 
     # ------------------------------------------------------------------ sampling
