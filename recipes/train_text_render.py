@@ -26,6 +26,7 @@ from typing import Literal
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
+from trl.models.utils import unwrap_model_for_generation
 
 from trl_var import VARGRPOConfig, VARGRPOTrainer, VARPipeline
 from trl_var.data import extract_quoted_spans, make_heldout_dataset, make_text_render_dataset
@@ -205,10 +206,12 @@ def main(script_args: ScriptArguments, training_args: VARGRPOConfig):
     has_checkpoint = os.path.isdir(output_dir) and get_last_checkpoint(output_dir) is not None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or has_checkpoint)
 
-    if main_process and prompts:  # the report is written before `save_model` pushes, so a failed push keeps it
-        model = trainer.accelerator.unwrap_model(trainer.model).eval()
-        after = heldout_scores(model, tokenizer, prompts, targets, training_args, script_args)
-        write_report(label, prompts, before, after, script_args.num_sample_prompts, output_dir)
+    if prompts:  # the report is written before `save_model` pushes, so a failed push keeps it
+        # every process samples: a sharded model (FSDP, ZeRO-3) gathers its parameters collectively, as in rollouts
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as trained:
+            after = heldout_scores(trained.eval(), tokenizer, prompts, targets, training_args, script_args)
+        if main_process:
+            write_report(label, prompts, before, after, script_args.num_sample_prompts, output_dir)
     trainer.save_model(output_dir)
     if main_process:
         print(f"Model saved to {output_dir}.")
