@@ -277,3 +277,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_infinity, tokenize
     assert gradients[0].keys() == gradients[1].keys() and len(gradients[0]) > 10
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=0)
+
+
+def test_the_text_encoder_reads_every_distinct_prompt_once(tiny_infinity, tokenizer, monkeypatch):
+    input_ids, attention_mask = _prompts(tokenizer, ["cat", "a dog", "cat", "cat"])
+    image_ids = tiny_infinity.generate(input_ids, attention_mask, generator=torch.Generator().manual_seed(0)).image_ids
+    expected, _ = tiny_infinity.image_token_logprobs(input_ids[[0, 1]], image_ids[[0, 1]], attention_mask[[0, 1]])
+    rows_read, forward = [], tiny_infinity.text_encoder.forward
+
+    def counting_forward(input_ids, attention_mask):
+        rows_read.append(len(input_ids))
+        return forward(input_ids=input_ids, attention_mask=attention_mask)
+
+    monkeypatch.setattr(tiny_infinity.text_encoder, "forward", counting_forward)
+    logprobs, _ = tiny_infinity.image_token_logprobs(input_ids, image_ids, attention_mask)
+    assert rows_read == [2]  # "cat" and "a dog", not four prompts
+    torch.testing.assert_close(logprobs[[0, 1]], expected, atol=1e-6, rtol=0)

@@ -458,7 +458,14 @@ class InfinityForImageGeneration(InfinityPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.no_grad():
-            features = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            # the G rollouts of a group share their prompt: the frozen encoder reads every distinct prompt once
+            rows, inverse = torch.unique(torch.cat([input_ids, attention_mask.long()], 1), dim=0, return_inverse=True)
+            if len(rows) < len(input_ids):
+                unique_ids, unique_mask = rows.split(input_ids.shape[1], dim=1)
+                features = self.text_encoder(input_ids=unique_ids, attention_mask=unique_mask).last_hidden_state
+                features = features[inverse]
+            else:
+                features = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         features = features.to(self.cfg_uncond.dtype)
         if guided:
             features = torch.cat([features, self._null_text(attention_mask)])
